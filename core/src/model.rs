@@ -1,0 +1,534 @@
+//! Record kinds, their versioned schemas, typed values and validation.
+//!
+//! The same code validates a record on the phone before it is committed and on the server after
+//! a push is merged, so a record the phone accepts is one the server accepts too.
+//!
+//! Decisions:
+//! - Timestamps are kept as RFC 3339 text exactly as entered (China's `+08:00` offset survives),
+//!   after checking that they parse.
+//! - `hours` of a check-in is never stored in the document: it is derived from `started_at` and
+//!   `ended_at` whenever a record is projected, so two devices editing start and end concurrently
+//!   can never leave a stale `hours` behind. A change that writes `hours` is refused.
+//! - Unknown fields (from a newer schema) are kept and shown as they are, never dropped.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The value of one field, in the form it is shown outside (CLI, exports, bindings).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FieldValue {
+    Bool(bool),
+    Integer(i64),
+    Number(f64),
+    Text(String),
+    TextList(Vec<String>),
+}
+
+impl FieldValue {
+    /// The value as JSON, the form used by `--json`, exports and the wire projection.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            FieldValue::Bool(b) => serde_json::Value::Bool(*b),
+            FieldValue::Integer(i) => serde_json::Value::from(*i),
+            FieldValue::Number(n) => serde_json::Number::from_f64(*n)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            FieldValue::Text(s) => serde_json::Value::String(s.clone()),
+            FieldValue::TextList(items) => serde_json::Value::Array(
+                items
+                    .iter()
+                    .map(|s| serde_json::Value::String(s.clone()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The value as one cell of a CSV export: lists are joined with `; `.
+    pub fn to_cell(&self) -> String {
+        match self {
+            FieldValue::Bool(b) => b.to_string(),
+            FieldValue::Integer(i) => i.to_string(),
+            FieldValue::Number(n) => n.to_string(),
+            FieldValue::Text(s) => s.clone(),
+            FieldValue::TextList(items) => items.join("; "),
+        }
+    }
+}
+
+/// The type of a field in a schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldType {
+    Text,
+    Number,
+    Integer,
+    Bool,
+    Timestamp,
+    TextList,
+}
+
+impl fmt::Display for FieldType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FieldType::Text => "text",
+            FieldType::Number => "number",
+            FieldType::Integer => "integer",
+            FieldType::Bool => "bool",
+            FieldType::Timestamp => "timestamp (RFC 3339)",
+            FieldType::TextList => "list of text",
+        })
+    }
+}
+
+/// The record kinds fieldsync knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    CheckIn,
+    VillageVisit,
+    VillageSurvey,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::CheckIn, Kind::VillageVisit, Kind::VillageSurvey];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::CheckIn => "check_in",
+            Kind::VillageVisit => "village_visit",
+            Kind::VillageSurvey => "village_survey",
+        }
+    }
+
+    /// The schema this build writes for new records of this kind.
+    pub fn schema(self) -> &'static Schema {
+        match self {
+            Kind::CheckIn => &CHECK_IN,
+            Kind::VillageVisit => &VILLAGE_VISIT,
+            Kind::VillageSurvey => &VILLAGE_SURVEY,
+        }
+    }
+
+    /// The scope prefix records of this kind live under (`team` or `village`).
+    pub fn scope_prefix(self) -> &'static str {
+        match self {
+            Kind::CheckIn => "team",
+            Kind::VillageVisit | Kind::VillageSurvey => "village",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| ValidationError::UnknownKind(s.to_string()))
+    }
+}
+
+/// One field of a schema.
+#[derive(Debug)]
+pub struct FieldSpec {
+    pub name: &'static str,
+    pub ty: FieldType,
+    pub required: bool,
+    /// Derived fields are computed when a record is projected and never stored.
+    pub derived: bool,
+    /// Only office staff may write these (review fields).
+    pub office_only: bool,
+}
+
+const fn field(name: &'static str, ty: FieldType) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty,
+        required: false,
+        derived: false,
+        office_only: false,
+    }
+}
+
+const fn required(name: &'static str, ty: FieldType) -> FieldSpec {
+    FieldSpec {
+        required: true,
+        ..field(name, ty)
+    }
+}
+
+const fn office(name: &'static str, ty: FieldType) -> FieldSpec {
+    FieldSpec {
+        office_only: true,
+        ..field(name, ty)
+    }
+}
+
+/// A versioned schema: the fields of one kind at one version.
+#[derive(Debug)]
+pub struct Schema {
+    pub kind: Kind,
+    pub version: u32,
+    pub fields: &'static [FieldSpec],
+}
+
+impl Schema {
+    /// `kind@version`, as stored in each document's `schema` field.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.kind, self.version)
+    }
+
+    pub fn field(&self, name: &str) -> Option<&FieldSpec> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}
+
+use FieldType::{Bool, Integer, Number, Text, TextList, Timestamp};
+
+pub static CHECK_IN: Schema = Schema {
+    kind: Kind::CheckIn,
+    version: 1,
+    fields: &[
+        required("volunteer_id", Text),
+        field("volunteer_name", Text),
+        field("team", Text),
+        required("activity", Text),
+        required("place", Text),
+        field("lat", Number),
+        field("lon", Number),
+        field("accuracy_m", Number),
+        required("started_at", Timestamp),
+        field("ended_at", Timestamp),
+        FieldSpec {
+            derived: true,
+            ..field("hours", Number)
+        },
+        field("note", Text),
+        required("status", Text),
+        office("review_note", Text),
+        office("reviewed_by", Text),
+        field("device_time", Timestamp),
+    ],
+};
+
+pub static VILLAGE_VISIT: Schema = Schema {
+    kind: Kind::VillageVisit,
+    version: 1,
+    fields: &[
+        required("village", Text),
+        required("household", Text),
+        field("visitors", TextList),
+        required("visited_at", Timestamp),
+        field("findings", Text),
+        field("needs", Text),
+        field("follow_ups", TextList),
+    ],
+};
+
+pub static VILLAGE_SURVEY: Schema = Schema {
+    kind: Kind::VillageSurvey,
+    version: 1,
+    fields: &[
+        required("village", Text),
+        field("road_km_hardened", Number),
+        field("all_roads_hardened", Bool),
+        field("bus_service", Bool),
+        field("tap_water_pct", Number),
+        field("electricity_pct", Number),
+        field("tv_coverage_pct", Number),
+        field("broadband_mbps", Number),
+        field("standard_clinic", Bool),
+        field("licensed_doctors", Integer),
+        field("school_sports_facilities", Bool),
+        field("collective_income_yuan", Number),
+        field("note", Text),
+    ],
+};
+
+/// The root keys every record document holds besides its fields.
+pub const HEADER_KEYS: [&str; 3] = ["kind", "schema", "scope"];
+
+/// Check-in statuses.
+pub const STATUSES: [&str; 3] = ["submitted", "confirmed", "rejected"];
+
+/// Why a record or a value is not acceptable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    /// The kind is not one of `check_in`, `village_visit`, `village_survey`.
+    #[error("unknown kind `{0}` (known: check_in, village_visit, village_survey)")]
+    UnknownKind(String),
+    /// The scope is not `team:<id>` or `village:<id>` as the kind requires.
+    #[error("scope `{scope}` is not valid for {kind}: expected `{prefix}:<id>`")]
+    BadScope {
+        kind: Kind,
+        scope: String,
+        prefix: &'static str,
+    },
+    /// A value does not have the field's type.
+    #[error("field `{field}` must be {expected}, got {got}")]
+    WrongType {
+        field: String,
+        expected: FieldType,
+        got: String,
+    },
+    /// A required field is missing.
+    #[error("field `{0}` is required")]
+    Missing(&'static str),
+    /// A derived field was written.
+    #[error("field `{0}` is derived and cannot be written")]
+    Derived(&'static str),
+    /// A status outside submitted/confirmed/rejected.
+    #[error("status must be one of submitted, confirmed, rejected; got `{0}`")]
+    BadStatus(String),
+    /// The end of a check-in is before its start.
+    #[error("ended_at is before started_at")]
+    EndBeforeStart,
+    /// The document's structure is not a record (missing header, nested objects, too deep).
+    #[error("malformed record: {0}")]
+    Malformed(String),
+}
+
+/// Checks that `scope` is a valid scope for `kind`.
+pub fn check_scope(kind: Kind, scope: &str) -> Result<(), ValidationError> {
+    let prefix = kind.scope_prefix();
+    match scope.split_once(':') {
+        Some((p, id)) if p == prefix && !id.is_empty() && id.len() <= 128 => Ok(()),
+        _ => Err(ValidationError::BadScope {
+            kind,
+            scope: scope.to_string(),
+            prefix,
+        }),
+    }
+}
+
+/// Parses an RFC 3339 timestamp.
+pub fn parse_timestamp(s: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_rfc3339(s).ok()
+}
+
+/// Checks one value against a field's type; numbers given as integers are accepted as numbers.
+pub fn check_value(spec: &FieldSpec, value: &FieldValue) -> Result<FieldValue, ValidationError> {
+    let wrong = |got: &str| ValidationError::WrongType {
+        field: spec.name.to_string(),
+        expected: spec.ty,
+        got: got.to_string(),
+    };
+    match (spec.ty, value) {
+        (Text, FieldValue::Text(_))
+        | (Bool, FieldValue::Bool(_))
+        | (Integer, FieldValue::Integer(_))
+        | (TextList, FieldValue::TextList(_)) => Ok(value.clone()),
+        (Number, FieldValue::Number(n)) if n.is_finite() => Ok(value.clone()),
+        (Number, FieldValue::Integer(i)) => Ok(FieldValue::Number(*i as f64)),
+        (Timestamp, FieldValue::Text(s)) => match parse_timestamp(s) {
+            Some(_) => Ok(value.clone()),
+            None => Err(wrong(&format!("`{s}`, which is not an RFC 3339 timestamp"))),
+        },
+        (_, other) => Err(wrong(&describe(other))),
+    }
+}
+
+fn describe(value: &FieldValue) -> String {
+    match value {
+        FieldValue::Bool(b) => format!("bool {b}"),
+        FieldValue::Integer(i) => format!("integer {i}"),
+        FieldValue::Number(n) => format!("number {n}"),
+        FieldValue::Text(s) => format!("text `{s}`"),
+        FieldValue::TextList(_) => "a list of text".to_string(),
+    }
+}
+
+/// Parses a command-line `VALUE` for a field: by the field's type, or as JSON for any type.
+pub fn parse_input(spec: &FieldSpec, raw: &str) -> Result<FieldValue, ValidationError> {
+    let typed = match spec.ty {
+        Text | Timestamp => Some(FieldValue::Text(raw.to_string())),
+        Number => raw.parse::<f64>().ok().map(FieldValue::Number),
+        Integer => raw.parse::<i64>().ok().map(FieldValue::Integer),
+        Bool => match raw {
+            "true" | "yes" | "1" => Some(FieldValue::Bool(true)),
+            "false" | "no" | "0" => Some(FieldValue::Bool(false)),
+            _ => None,
+        },
+        TextList => None,
+    };
+    let value = match typed {
+        Some(v) if !raw.trim_start().starts_with(['[', '"']) => v,
+        _ => match serde_json::from_str::<serde_json::Value>(raw) {
+            Ok(json) => from_json(spec.name, &json)?,
+            Err(_) if spec.ty == TextList => {
+                FieldValue::TextList(raw.split(';').map(|s| s.trim().to_string()).collect())
+            }
+            Err(_) => {
+                return Err(ValidationError::WrongType {
+                    field: spec.name.to_string(),
+                    expected: spec.ty,
+                    got: format!("`{raw}`"),
+                });
+            }
+        },
+    };
+    check_value(spec, &value)
+}
+
+/// Converts a JSON value into a field value (not yet checked against a schema).
+pub fn from_json(field: &str, json: &serde_json::Value) -> Result<FieldValue, ValidationError> {
+    let bad = |got: &str| ValidationError::Malformed(format!("field `{field}`: {got}"));
+    Ok(match json {
+        serde_json::Value::Bool(b) => FieldValue::Bool(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => FieldValue::Integer(i),
+            None => FieldValue::Number(n.as_f64().ok_or_else(|| bad("number out of range"))?),
+        },
+        serde_json::Value::String(s) => FieldValue::Text(s.clone()),
+        serde_json::Value::Array(items) => FieldValue::TextList(
+            items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("lists may only hold text"))?,
+        ),
+        serde_json::Value::Null => return Err(bad("null is not a value")),
+        serde_json::Value::Object(_) => return Err(bad("objects are not field values")),
+    })
+}
+
+/// Computes `hours` from a check-in's start and end, rounded to hundredths.
+pub fn derive_hours(started_at: &str, ended_at: &str) -> Option<f64> {
+    let start = parse_timestamp(started_at)?;
+    let end = parse_timestamp(ended_at)?;
+    let ms = (end - start).num_milliseconds();
+    (ms >= 0).then(|| (ms as f64 / 3_600_000.0 * 100.0).round() / 100.0)
+}
+
+/// Validates the whole set of current field values of a record of `kind`.
+///
+/// `values` holds every concurrent value of each field (one element where there is no
+/// conflict); every one of them must have the field's type.
+pub fn validate_record(
+    kind: Kind,
+    values: &BTreeMap<String, Vec<FieldValue>>,
+) -> Result<(), ValidationError> {
+    let schema = kind.schema();
+    for spec in schema.fields {
+        match values.get(spec.name) {
+            Some(_) if spec.derived => return Err(ValidationError::Derived(spec.name)),
+            Some(vs) => {
+                for v in vs {
+                    check_value(spec, v)?;
+                    if spec.name == "status" {
+                        if let FieldValue::Text(s) = v {
+                            if !STATUSES.contains(&s.as_str()) {
+                                return Err(ValidationError::BadStatus(s.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            None if spec.required => return Err(ValidationError::Missing(spec.name)),
+            None => {}
+        }
+    }
+    if kind == Kind::CheckIn {
+        let first = |name: &str| match values.get(name).and_then(|v| v.first()) {
+            Some(FieldValue::Text(s)) => Some(s.clone()),
+            _ => None,
+        };
+        if let (Some(start), Some(end)) = (first("started_at"), first("ended_at")) {
+            if derive_hours(&start, &end).is_none() {
+                return Err(ValidationError::EndBeforeStart);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_and_unknown_kind_is_refused() {
+        for k in Kind::ALL {
+            assert_eq!(k.as_str().parse::<Kind>(), Ok(k));
+        }
+        assert!(matches!(
+            "parade".parse::<Kind>(),
+            Err(ValidationError::UnknownKind(_))
+        ));
+    }
+
+    #[test]
+    fn scope_must_match_kind() {
+        assert!(check_scope(Kind::CheckIn, "team:7").is_ok());
+        assert!(check_scope(Kind::CheckIn, "village:7").is_err());
+        assert!(check_scope(Kind::VillageSurvey, "village:").is_err());
+    }
+
+    #[test]
+    fn input_parsing_follows_field_type() {
+        let s = Kind::VillageSurvey.schema();
+        let doctors = s.field("licensed_doctors").unwrap();
+        assert_eq!(parse_input(doctors, "3"), Ok(FieldValue::Integer(3)));
+        assert!(parse_input(doctors, "three").is_err());
+        let road = s.field("road_km_hardened").unwrap();
+        assert_eq!(parse_input(road, "12.5"), Ok(FieldValue::Number(12.5)));
+        let visitors = Kind::VillageVisit.schema().field("visitors").unwrap();
+        assert_eq!(
+            parse_input(visitors, r#"["张三","李四"]"#),
+            Ok(FieldValue::TextList(vec!["张三".into(), "李四".into()]))
+        );
+        let at = Kind::CheckIn.schema().field("started_at").unwrap();
+        assert!(parse_input(at, "yesterday").is_err());
+    }
+
+    #[test]
+    fn hours_derive_from_start_and_end() {
+        assert_eq!(
+            derive_hours("2026-11-28T08:00:00+08:00", "2026-11-28T10:30:00+08:00"),
+            Some(2.5)
+        );
+        assert_eq!(
+            derive_hours("2026-11-28T10:00:00+08:00", "2026-11-28T08:00:00+08:00"),
+            None
+        );
+    }
+
+    #[test]
+    fn validation_catches_missing_wrong_and_derived() {
+        let mut v = BTreeMap::new();
+        v.insert("village".to_string(), vec![FieldValue::Text("x".into())]);
+        assert!(validate_record(Kind::VillageSurvey, &v).is_ok());
+        v.insert(
+            "licensed_doctors".to_string(),
+            vec![FieldValue::Text("two".into())],
+        );
+        assert!(matches!(
+            validate_record(Kind::VillageSurvey, &v),
+            Err(ValidationError::WrongType { .. })
+        ));
+        let mut c: BTreeMap<String, Vec<FieldValue>> = [
+            ("volunteer_id", "u1"),
+            ("activity", "a"),
+            ("place", "p"),
+            ("started_at", "2026-11-28T08:00:00+08:00"),
+            ("status", "submitted"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), vec![FieldValue::Text(v.to_string())]))
+        .collect();
+        assert!(validate_record(Kind::CheckIn, &c).is_ok());
+        c.insert("hours".to_string(), vec![FieldValue::Number(3.0)]);
+        assert_eq!(
+            validate_record(Kind::CheckIn, &c),
+            Err(ValidationError::Derived("hours"))
+        );
+    }
+}

@@ -1,0 +1,500 @@
+//! Wire messages, framing with a hard size cap, and the checks on incoming Automerge bytes.
+//!
+//! Every exchange is one QUIC bidirectional stream carrying one request frame and one reply
+//! frame. A frame is a 4-byte big-endian body length, then the body: one encoding byte
+//! (0 = plain, 1 = raw deflate) and the postcard-encoded message. The body length is checked
+//! against the cap before anything is allocated, and a deflated body is inflated through a
+//! counter that stops at the cap, so neither a lying length nor a zip bomb costs memory.
+//!
+//! A sync round is at most two exchanges: `Sync` pushes every pending document and asks what
+//! changed in the device's scopes since its cursors; `Fetch` sends the device's heads of the
+//! changed documents it lacks and receives exactly the missing changes. Batching every document
+//! into these two messages keeps a round at a constant number of round trips.
+
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Kind;
+
+/// The protocol version this build speaks; both sides refuse any other.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The ALPN protocol id of fieldsync over QUIC.
+pub const ALPN: &[u8] = b"fieldsync/1";
+
+/// Bytes of a frame's length prefix.
+pub const LENGTH_PREFIX: usize = 4;
+
+const ENCODING_PLAIN: u8 = 0;
+const ENCODING_DEFLATE: u8 = 1;
+/// Bodies smaller than this are not worth deflating.
+const DEFLATE_THRESHOLD: usize = 256;
+
+/// The limits both sides enforce on what they receive. All configurable; the defaults suit a
+/// phone syncing a few thousand records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest frame body on the wire, checked before allocating.
+    pub max_frame_bytes: usize,
+    /// Largest message after inflating a compressed frame or Automerge chunk.
+    pub max_inflated_bytes: usize,
+    /// Most documents pushed or fetched in one exchange.
+    pub max_docs_per_exchange: usize,
+    /// Most Automerge changes in one round.
+    pub max_changes_per_round: usize,
+    /// Most operations in one change.
+    pub max_ops_per_change: usize,
+    /// Largest stored document after a merge.
+    pub max_doc_bytes: usize,
+    /// Most sync rounds one device may start per minute.
+    pub max_rounds_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 16 << 20,
+            max_inflated_bytes: 64 << 20,
+            max_docs_per_exchange: 10_000,
+            max_changes_per_round: 100_000,
+            max_ops_per_change: 10_000,
+            max_doc_bytes: 4 << 20,
+            max_rounds_per_minute: 120,
+        }
+    }
+}
+
+/// A document id on the wire: the record's UUID bytes.
+pub type DocId = [u8; 16];
+/// An Automerge change hash on the wire.
+pub type Hash = [u8; 32];
+
+/// A message from a device to the server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// Binds the connecting device's key to the user behind a one-time code.
+    Enroll { version: u16, code: String },
+    /// Pushes every pending document and asks for changes since the cursors.
+    Sync {
+        version: u16,
+        push: Vec<PushDoc>,
+        cursors: Vec<Cursor>,
+    },
+    /// Asks for the changes of documents the device lacks, given what it has.
+    Fetch { version: u16, want: Vec<Want> },
+}
+
+/// A message from the server to a device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    Enrolled(Enrollment),
+    SyncReply(SyncReply),
+    Docs(Vec<DocData>),
+    /// The request as a whole was refused; nothing of it was stored.
+    Error { code: ErrorCode, message: String },
+}
+
+/// What a device learns when it enrolls.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub device_id: String,
+    pub user_id: String,
+    pub user_name: String,
+    pub role: crate::access::Role,
+    pub scopes: Vec<String>,
+}
+
+/// One document's new local changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PushDoc {
+    pub id: DocId,
+    pub kind: Kind,
+    pub scope: String,
+    /// Concatenated Automerge change chunks.
+    pub changes: Vec<u8>,
+}
+
+/// A scope's position in the server's change feed that a device has applied up to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub scope: String,
+    pub seq: u64,
+}
+
+/// The server's answer to `Sync`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncReply {
+    /// One result per pushed document, in push order.
+    pub results: Vec<PushResult>,
+    /// Documents changed in the device's scopes since its cursors, with their current heads.
+    pub changed: Vec<Changed>,
+    /// The cursors to store once every changed document has been applied.
+    pub cursors: Vec<Cursor>,
+    /// More changes wait beyond this page: run `Sync` again with the new cursors.
+    pub more: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PushResult {
+    pub id: DocId,
+    pub outcome: Outcome,
+}
+
+/// What became of one pushed document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Durably merged; the server holds these heads (and everything before them).
+    Accepted { heads: Vec<Hash> },
+    /// Refused whole and stored nowhere, with the reason.
+    Refused { reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Changed {
+    pub id: DocId,
+    pub kind: Kind,
+    pub scope: String,
+    pub heads: Vec<Hash>,
+}
+
+/// A document the device wants, with the heads it already has (empty if none).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Want {
+    pub id: DocId,
+    pub have: Vec<Hash>,
+}
+
+/// The changes of one document that the device lacks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DocData {
+    pub id: DocId,
+    pub kind: Kind,
+    pub scope: String,
+    /// Automerge bytes: a saved document and/or change chunks.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a whole request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The frame or message could not be decoded.
+    Malformed,
+    /// A limit was exceeded.
+    TooLarge,
+    /// The client speaks another protocol version.
+    Version,
+    /// The enrollment code is unknown, used or expired.
+    BadCode,
+    /// The device is not enrolled, or was revoked.
+    Unauthorized,
+    /// Too many rounds in a short time.
+    RateLimited,
+    /// The server could not store the request; nothing was acknowledged.
+    Internal,
+}
+
+/// Why a frame or its content was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The frame announced a body larger than the cap; nothing was allocated.
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge { size: usize, limit: usize },
+    /// The input inflates past the cap.
+    #[error("compressed data inflates past the limit of {limit} bytes")]
+    InflatedTooLarge { limit: usize },
+    /// The frame ended before its announced length.
+    #[error("truncated frame: expected {expected} bytes, got {got}")]
+    Truncated { expected: usize, got: usize },
+    /// The encoding byte is unknown or the deflate stream is corrupt.
+    #[error("bad frame encoding: {0}")]
+    Encoding(String),
+    /// The body is not a valid message.
+    #[error("malformed message: {0}")]
+    Decode(#[from] postcard::Error),
+    /// The bytes are not valid Automerge change chunks.
+    #[error("invalid Automerge data: {0}")]
+    Automerge(String),
+    /// More changes or operations than a limit allows.
+    #[error("{0}")]
+    Limit(String),
+}
+
+impl ProtocolError {
+    /// The error code to send back for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProtocolError::FrameTooLarge { .. }
+            | ProtocolError::InflatedTooLarge { .. }
+            | ProtocolError::Limit(_) => ErrorCode::TooLarge,
+            _ => ErrorCode::Malformed,
+        }
+    }
+}
+
+/// Encodes a message as one frame, deflating bodies worth it.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
+    let body = postcard::to_stdvec(msg)?;
+    let (encoding, payload) = if body.len() >= DEFLATE_THRESHOLD {
+        let mut enc =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut enc, &body)
+            .and_then(|()| enc.finish())
+            .map(|deflated| (ENCODING_DEFLATE, deflated))
+            .map_err(|e| ProtocolError::Encoding(e.to_string()))?
+    } else {
+        (ENCODING_PLAIN, body)
+    };
+    let len = u32::try_from(payload.len() + 1).map_err(|_| ProtocolError::FrameTooLarge {
+        size: payload.len(),
+        limit: u32::MAX as usize,
+    })?;
+    let mut frame = Vec::with_capacity(LENGTH_PREFIX + 1 + payload.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.push(encoding);
+    frame.extend_from_slice(&payload);
+    Ok(frame)
+}
+
+/// Reads a frame's announced body length and checks it against the cap.
+pub fn frame_len(prefix: [u8; LENGTH_PREFIX], limits: &Limits) -> Result<usize, ProtocolError> {
+    let size = u32::from_be_bytes(prefix) as usize;
+    if size > limits.max_frame_bytes {
+        return Err(ProtocolError::FrameTooLarge {
+            size,
+            limit: limits.max_frame_bytes,
+        });
+    }
+    if size == 0 {
+        return Err(ProtocolError::Encoding("empty frame".into()));
+    }
+    Ok(size)
+}
+
+/// Decodes a whole frame (prefix and body) into a message.
+pub fn decode_frame<T: for<'de> Deserialize<'de>>(
+    frame: &[u8],
+    limits: &Limits,
+) -> Result<T, ProtocolError> {
+    let Some((prefix, body)) = frame.split_first_chunk::<LENGTH_PREFIX>() else {
+        return Err(ProtocolError::Truncated {
+            expected: LENGTH_PREFIX,
+            got: frame.len(),
+        });
+    };
+    let size = frame_len(*prefix, limits)?;
+    if body.len() != size {
+        return Err(ProtocolError::Truncated {
+            expected: size,
+            got: body.len(),
+        });
+    }
+    decode_body(body, limits)
+}
+
+/// Decodes a frame body (encoding byte and payload) into a message.
+pub fn decode_body<T: for<'de> Deserialize<'de>>(
+    body: &[u8],
+    limits: &Limits,
+) -> Result<T, ProtocolError> {
+    match body.split_first() {
+        Some((&ENCODING_PLAIN, payload)) => Ok(postcard::from_bytes(payload)?),
+        Some((&ENCODING_DEFLATE, payload)) => {
+            let inflated = inflate_capped(
+                flate2::read::DeflateDecoder::new(payload),
+                limits.max_inflated_bytes,
+            )?;
+            Ok(postcard::from_bytes(&inflated)?)
+        }
+        Some((other, _)) => Err(ProtocolError::Encoding(format!(
+            "unknown encoding byte {other}"
+        ))),
+        None => Err(ProtocolError::Encoding("empty frame".into())),
+    }
+}
+
+/// Inflates at most `limit` bytes; more is an error, not an allocation.
+fn inflate_capped(reader: impl Read, limit: usize) -> Result<Vec<u8>, ProtocolError> {
+    let mut out = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ProtocolError::Encoding(format!("corrupt deflate stream: {e}")))?;
+    if out.len() > limit {
+        return Err(ProtocolError::InflatedTooLarge { limit });
+    }
+    Ok(out)
+}
+
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+const CHUNK_CHANGE: u8 = 1;
+const CHUNK_COMPRESSED_CHANGE: u8 = 2;
+
+/// Splits concatenated Automerge change chunks into parsed changes, enforcing the limits.
+///
+/// Automerge inflates a compressed change chunk without any bound, so each compressed chunk
+/// is first inflated here through the cap; only chunks that fit reach Automerge. Documents and
+/// bundles are not accepted in a push: a push carries changes.
+pub fn split_changes(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Vec<automerge::Change>, ProtocolError> {
+    let mut changes = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if changes.len() >= limits.max_changes_per_round {
+            return Err(ProtocolError::Limit(format!(
+                "more than {} changes",
+                limits.max_changes_per_round
+            )));
+        }
+        let bad = |m: &str| ProtocolError::Automerge(m.to_string());
+        if rest.len() < 10 || rest[..4] != CHUNK_MAGIC {
+            return Err(bad("not an Automerge chunk (bad magic bytes)"));
+        }
+        let chunk_type = rest[8];
+        let (data_len, leb_len) = read_uleb(&rest[9..]).ok_or_else(|| bad("bad chunk length"))?;
+        let header_len = 9 + leb_len;
+        let total = usize::try_from(data_len)
+            .ok()
+            .and_then(|d| d.checked_add(header_len))
+            .filter(|&t| t <= rest.len())
+            .ok_or_else(|| bad("chunk longer than the data"))?;
+        let chunk = &rest[..total];
+        match chunk_type {
+            CHUNK_CHANGE => {}
+            CHUNK_COMPRESSED_CHANGE => {
+                inflate_capped(
+                    flate2::read::DeflateDecoder::new(&chunk[header_len..]),
+                    limits.max_inflated_bytes,
+                )?;
+            }
+            other => {
+                return Err(bad(&format!(
+                    "chunk type {other} is not a change; a push carries changes only"
+                )));
+            }
+        }
+        let change = automerge::Change::try_from(chunk)
+            .map_err(|e| ProtocolError::Automerge(e.to_string()))?;
+        if change.len() > limits.max_ops_per_change {
+            return Err(ProtocolError::Limit(format!(
+                "a change has {} operations; the limit is {}",
+                change.len(),
+                limits.max_ops_per_change
+            )));
+        }
+        changes.push(change);
+        rest = &rest[total..];
+    }
+    Ok(changes)
+}
+
+fn read_uleb(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+
+    fn sync_msg(n: usize) -> ClientMsg {
+        ClientMsg::Sync {
+            version: PROTOCOL_VERSION,
+            push: (0..n)
+                .map(|i| PushDoc {
+                    id: [i as u8; 16],
+                    kind: Kind::CheckIn,
+                    scope: "team:1".into(),
+                    changes: vec![7; 300],
+                })
+                .collect(),
+            cursors: vec![Cursor {
+                scope: "team:1".into(),
+                seq: 9,
+            }],
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_plain_and_deflated() {
+        let limits = Limits::default();
+        for n in [0, 50] {
+            let msg = sync_msg(n);
+            let frame = encode_frame(&msg).unwrap();
+            assert_eq!(decode_frame::<ClientMsg>(&frame, &limits).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocating() {
+        let limits = Limits {
+            max_frame_bytes: 1000,
+            ..Limits::default()
+        };
+        let err = frame_len(u32::MAX.to_be_bytes(), &limits).unwrap_err();
+        assert!(matches!(err, ProtocolError::FrameTooLarge { .. }));
+    }
+
+    #[test]
+    fn truncated_and_random_frames_are_errors() {
+        let limits = Limits::default();
+        let frame = encode_frame(&sync_msg(3)).unwrap();
+        assert!(decode_frame::<ClientMsg>(&frame[..frame.len() - 1], &limits).is_err());
+        let mut junk = vec![0u8, 0, 0, 5, 0];
+        junk.extend_from_slice(&[0xff; 4]);
+        assert!(decode_frame::<ClientMsg>(&junk, &limits).is_err());
+    }
+
+    #[test]
+    fn deflate_bomb_is_capped() {
+        let limits = Limits {
+            max_inflated_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let mut enc =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut enc, &vec![0u8; 8 << 20]).unwrap();
+        let bomb = enc.finish().unwrap();
+        let mut frame = ((bomb.len() + 1) as u32).to_be_bytes().to_vec();
+        frame.push(ENCODING_DEFLATE);
+        frame.extend_from_slice(&bomb);
+        let err = decode_frame::<ClientMsg>(&frame, &limits).unwrap_err();
+        assert!(matches!(err, ProtocolError::InflatedTooLarge { .. }));
+    }
+
+    #[test]
+    fn change_chunks_split_and_garbage_is_refused() {
+        let mut doc = automerge::AutoCommit::new();
+        doc.put(automerge::ROOT, "a", 1).unwrap();
+        doc.commit();
+        doc.put(automerge::ROOT, "b", 2).unwrap();
+        doc.commit();
+        let mut bytes = Vec::new();
+        for c in doc.get_changes(&[]) {
+            bytes.extend_from_slice(c.raw_bytes());
+        }
+        let limits = Limits::default();
+        assert_eq!(split_changes(&bytes, &limits).unwrap().len(), 2);
+        assert!(split_changes(&bytes[..bytes.len() - 3], &limits).is_err());
+        assert!(split_changes(b"not automerge at all", &limits).is_err());
+        let saved = doc.save();
+        assert!(split_changes(&saved, &limits).is_err());
+        let tight = Limits {
+            max_changes_per_round: 1,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            split_changes(&bytes, &tight),
+            Err(ProtocolError::Limit(_))
+        ));
+    }
+}

@@ -1,0 +1,497 @@
+//! The device store: records, their projections, what the server has not acknowledged,
+//! cursors and the device identity, in one redb file.
+//!
+//! Every local write is one durable redb transaction holding the document, its projection and
+//! its pending mark together, so a phone killed at any moment reopens with every committed record
+//! intact and never with half of one.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use automerge::{ActorId, AutoCommit, ChangeHash, ReadDoc};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::access::Role;
+use crate::model::{FieldValue, Kind};
+use crate::protocol::{Changed, Cursor, DocData, DocId, Hash, PushDoc};
+use crate::record::{HistoryEntry, Record, RecordError, RecordView};
+use crate::sync::Pending;
+use crate::tls::{self, KeyAndCert};
+
+/// Automerge bytes of each record (a full save).
+const DOCS: TableDefinition<u128, &[u8]> = TableDefinition::new("docs");
+/// JSON projection of each record, for lists without loading documents.
+const VIEWS: TableDefinition<u128, &[u8]> = TableDefinition::new("views");
+/// Current local heads of each record.
+const HEADS: TableDefinition<u128, &[u8]> = TableDefinition::new("heads");
+/// Heads the server is known to hold of each record.
+const SYNCED: TableDefinition<u128, &[u8]> = TableDefinition::new("synced");
+/// Records with local changes the server has not acknowledged.
+const PENDING: TableDefinition<u128, ()> = TableDefinition::new("pending");
+/// Records the server refused, with its reason, until they are edited again.
+const REFUSED: TableDefinition<u128, &str> = TableDefinition::new("refused");
+/// Change-feed position applied, per scope.
+const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+/// Identity and enrollment.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const META_KEY: &str = "device_key";
+const META_CERT: &str = "device_cert";
+const META_ENROLLMENT: &str = "enrollment";
+
+/// The file name of the device store inside its folder.
+pub const STORE_FILE: &str = "device.redb";
+
+/// Why a device store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The redb file could not be opened, read or written.
+    #[error("store: {0}")]
+    Database(#[from] redb::Error),
+    /// The store folder could not be created.
+    #[error("store folder {path}: {source}")]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Another process has the store open.
+    #[error("the store at {0} is in use by another process")]
+    InUse(PathBuf),
+    /// The record or its change was refused.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// No record with this id.
+    #[error("no record {0}")]
+    NotFound(Uuid),
+    /// Stored data could not be decoded.
+    #[error("corrupt store data: {0}")]
+    Corrupt(String),
+    /// The device identity could not be made.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Database(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// What a device learned at enrollment, and where its server is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentInfo {
+    pub server: String,
+    pub fingerprint: String,
+    pub device_id: String,
+    pub user_id: String,
+    pub user_name: String,
+    pub role: Role,
+    pub scopes: Vec<String>,
+}
+
+/// A device's local store.
+pub struct DeviceStore {
+    db: Database,
+    identity: KeyAndCert,
+    actor: ActorId,
+}
+
+impl DeviceStore {
+    /// Opens the store in `dir`, creating the folder, the file and the device key on first use.
+    pub fn open(dir: &Path) -> Result<DeviceStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(STORE_FILE);
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse(path)),
+            Err(e) => return Err(StoreError::Database(e.into())),
+        };
+        let tx = db.begin_write()?;
+        let identity = {
+            for t in [DOCS, VIEWS, HEADS, SYNCED] {
+                tx.open_table(t)?;
+            }
+            tx.open_table(PENDING)?;
+            tx.open_table(REFUSED)?;
+            tx.open_table(CURSORS)?;
+            let mut meta = tx.open_table(META)?;
+            let key = meta.get(META_KEY)?.map(|v| v.value().to_vec());
+            let cert = meta.get(META_CERT)?.map(|v| v.value().to_vec());
+            match (key, cert) {
+                (Some(key_pkcs8), Some(cert)) => KeyAndCert { key_pkcs8, cert },
+                _ => {
+                    let fresh = KeyAndCert::generate("fieldsync-device")?;
+                    meta.insert(META_KEY, fresh.key_pkcs8.as_slice())?;
+                    meta.insert(META_CERT, fresh.cert.as_slice())?;
+                    fresh
+                }
+            }
+        };
+        tx.commit()?;
+        let actor = ActorId::from(tls::device_key_id(&identity.cert)?);
+        Ok(DeviceStore {
+            db,
+            identity,
+            actor,
+        })
+    }
+
+    pub fn identity(&self) -> &KeyAndCert {
+        &self.identity
+    }
+
+    /// This device's id: the hex of its actor id.
+    pub fn device_id(&self) -> String {
+        self.actor.to_hex_string()
+    }
+
+    pub fn enrollment(&self) -> Result<Option<EnrollmentInfo>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        match meta.get(META_ENROLLMENT)? {
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("enrollment: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_enrollment(&self, info: &EnrollmentInfo) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(info).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?.insert(META_ENROLLMENT, json.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Creates a record as one durable write; returns its projection.
+    pub fn create(
+        &self,
+        kind: Kind,
+        scope: &str,
+        fields: &[(String, FieldValue)],
+    ) -> Result<RecordView, StoreError> {
+        let mut record = Record::create(kind, scope, self.actor.clone(), fields, now())?;
+        self.write_local(&mut record)
+    }
+
+    /// Edits a record as one durable write; returns its projection.
+    pub fn update(&self, id: Uuid, fields: &[(String, FieldValue)]) -> Result<RecordView, StoreError> {
+        let mut record = self.record(id)?;
+        record.set_actor(self.actor.clone());
+        record.update(fields, now())?;
+        self.write_local(&mut record)
+    }
+
+    fn write_local(&self, record: &mut Record) -> Result<RecordView, StoreError> {
+        let view = record.view()?;
+        let key = record.id().as_u128();
+        let tx = self.db.begin_write()?;
+        {
+            put_record(&tx, record, &view)?;
+            tx.open_table(PENDING)?.insert(key, ())?;
+            tx.open_table(REFUSED)?.remove(key)?;
+        }
+        tx.commit()?;
+        Ok(view)
+    }
+
+    /// Loads a record's document (for history and conflicts).
+    pub fn record(&self, id: Uuid) -> Result<Record, StoreError> {
+        let tx = self.db.begin_read()?;
+        let docs = tx.open_table(DOCS)?;
+        let bytes = docs.get(id.as_u128())?.ok_or(StoreError::NotFound(id))?;
+        Ok(Record::load(id, bytes.value())?)
+    }
+
+    pub fn get(&self, id: Uuid) -> Result<Option<RecordView>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let views = tx.open_table(VIEWS)?;
+        views
+            .get(id.as_u128())?
+            .map(|v| decode_view(v.value()))
+            .transpose()
+    }
+
+    /// Projections of every record, optionally of one kind and/or scope, oldest first.
+    pub fn list(&self, kind: Option<Kind>, scope: Option<&str>) -> Result<Vec<RecordView>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let views = tx.open_table(VIEWS)?;
+        let mut out = Vec::new();
+        for entry in views.iter()? {
+            let view = decode_view(entry?.1.value())?;
+            if kind.is_some_and(|k| k.as_str() != view.kind) || scope.is_some_and(|s| s != view.scope) {
+                continue;
+            }
+            out.push(view);
+        }
+        Ok(out)
+    }
+
+    pub fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
+        Ok(self.record(id)?.history())
+    }
+
+    /// Records with changes the server has not acknowledged.
+    pub fn pending_count(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(PENDING)?.len()?)
+    }
+
+    /// Records the server refused, with its reasons.
+    pub fn refused(&self) -> Result<Vec<(Uuid, String)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(REFUSED)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push((Uuid::from_u128(k.value()), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Every pending record's changes since what the server is known to hold.
+    pub fn pending(&self) -> Result<Vec<Pending>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let pending = tx.open_table(PENDING)?;
+        let docs = tx.open_table(DOCS)?;
+        let synced = tx.open_table(SYNCED)?;
+        let mut out = Vec::new();
+        for entry in pending.iter()? {
+            let key = entry?.0.value();
+            let id = Uuid::from_u128(key);
+            let bytes = docs.get(key)?.ok_or(StoreError::NotFound(id))?;
+            let mut record = Record::load(id, bytes.value())?;
+            let known = match synced.get(key)? {
+                Some(v) => decode_hashes(v.value())?,
+                None => Vec::new(),
+            };
+            let known: Vec<ChangeHash> = known.into_iter().map(ChangeHash).collect();
+            let changes = record.changes_since(&known);
+            out.push(Pending {
+                heads: record.heads().iter().map(|h| h.0).collect(),
+                push: PushDoc {
+                    id: *id.as_bytes(),
+                    kind: record.kind(),
+                    scope: record.scope().to_string(),
+                    changes,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn cursors(&self) -> Result<Vec<Cursor>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(CURSORS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push(Cursor {
+                scope: k.value().to_string(),
+                seq: v.value(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records the server's verdicts in one durable write. A record edited since its push stays
+    /// pending; its acknowledged part is remembered so the next push carries only the rest.
+    pub fn acknowledge(
+        &self,
+        accepted: &[(DocId, Vec<Hash>)],
+        refused: &[(DocId, String)],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let heads = tx.open_table(HEADS)?;
+            let mut synced = tx.open_table(SYNCED)?;
+            let mut pending = tx.open_table(PENDING)?;
+            let mut refusals = tx.open_table(REFUSED)?;
+            for (id, pushed) in accepted {
+                let key = Uuid::from_bytes(*id).as_u128();
+                synced.insert(key, encode_hashes(pushed).as_slice())?;
+                let current = match heads.get(key)? {
+                    Some(v) => decode_hashes(v.value())?,
+                    None => Vec::new(),
+                };
+                if same_set(&current, pushed) {
+                    pending.remove(key)?;
+                }
+                refusals.remove(key)?;
+            }
+            for (id, reason) in refused {
+                let key = Uuid::from_bytes(*id).as_u128();
+                pending.remove(key)?;
+                refusals.insert(key, reason.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// For each changed document: the heads the device holds, including any of the server's
+    /// heads it already has; empty if the device does not have the document.
+    pub fn local_heads(&self, changed: &[Changed]) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let heads = tx.open_table(HEADS)?;
+        let docs = tx.open_table(DOCS)?;
+        let mut out = Vec::with_capacity(changed.len());
+        for c in changed {
+            let key = Uuid::from_bytes(c.id).as_u128();
+            let Some(local) = heads.get(key)?.map(|v| decode_hashes(v.value())).transpose()? else {
+                out.push((c.id, Vec::new()));
+                continue;
+            };
+            if same_set(&local, &c.heads) {
+                out.push((c.id, local));
+                continue;
+            }
+            let mut have = local;
+            if let Some(bytes) = docs.get(key)? {
+                let doc = AutoCommit::load(bytes.value()).map_err(RecordError::from)?;
+                for h in &c.heads {
+                    if doc.get_change_by_hash(&ChangeHash(*h)).is_some() && !have.contains(h) {
+                        have.push(*h);
+                    }
+                }
+            }
+            out.push((c.id, have));
+        }
+        Ok(out)
+    }
+
+    /// Applies documents from the server and stores the new cursors, in one durable write.
+    pub fn apply(&self, docs: &[DocData], cursors: &[Cursor]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let pending = tx.open_table(PENDING)?;
+            let mut synced = tx.open_table(SYNCED)?;
+            for data in docs {
+                let id = Uuid::from_bytes(data.id);
+                let key = id.as_u128();
+                let existing = tx.open_table(DOCS)?.get(key)?.map(|v| v.value().to_vec());
+                let doc = match existing {
+                    Some(bytes) => {
+                        let mut doc = AutoCommit::load(&bytes).map_err(RecordError::from)?;
+                        doc.load_incremental(&data.bytes).map_err(RecordError::from)?;
+                        doc
+                    }
+                    None => AutoCommit::load(&data.bytes).map_err(RecordError::from)?,
+                };
+                let mut record = Record::from_doc(id, doc)?;
+                if !record.doc().get_missing_deps(&[]).is_empty() {
+                    return Err(StoreError::Corrupt(format!(
+                        "record {id} arrived without all of its history"
+                    )));
+                }
+                let view = record.view()?;
+                put_record(&tx, &mut record, &view)?;
+                if pending.get(key)?.is_none() {
+                    let heads: Vec<Hash> = record.heads().iter().map(|h| h.0).collect();
+                    synced.insert(key, encode_hashes(&heads).as_slice())?;
+                }
+            }
+            let mut table = tx.open_table(CURSORS)?;
+            for c in cursors {
+                table.insert(c.scope.as_str(), c.seq)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn put_record(tx: &redb::WriteTransaction, record: &mut Record, view: &RecordView) -> Result<(), StoreError> {
+    let key = record.id().as_u128();
+    let json = serde_json::to_vec(view).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let heads: Vec<Hash> = record.heads().iter().map(|h| h.0).collect();
+    tx.open_table(DOCS)?.insert(key, record.save().as_slice())?;
+    tx.open_table(VIEWS)?.insert(key, json.as_slice())?;
+    tx.open_table(HEADS)?.insert(key, encode_hashes(&heads).as_slice())?;
+    Ok(())
+}
+
+fn decode_view(bytes: &[u8]) -> Result<RecordView, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("projection: {e}")))
+}
+
+/// Concatenated 32-byte hashes.
+pub fn encode_hashes(hashes: &[Hash]) -> Vec<u8> {
+    hashes.concat()
+}
+
+pub fn decode_hashes(bytes: &[u8]) -> Result<Vec<Hash>, StoreError> {
+    let (chunks, rest) = bytes.as_chunks::<32>();
+    if !rest.is_empty() {
+        return Err(StoreError::Corrupt("hash list length".into()));
+    }
+    Ok(chunks.to_vec())
+}
+
+fn same_set(a: &[Hash], b: &[Hash]) -> bool {
+    a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopen_and_pending_tracks_acknowledgement() {
+        let dir = tempfile::tempdir().unwrap();
+        let id;
+        {
+            let store = DeviceStore::open(dir.path()).unwrap();
+            let view = store
+                .create(
+                    Kind::VillageSurvey,
+                    "village:3",
+                    &[("village".into(), FieldValue::Text("石桥村".into()))],
+                )
+                .unwrap();
+            id = Uuid::parse_str(&view.id).unwrap();
+            assert_eq!(store.pending_count().unwrap(), 1);
+        }
+        let store = DeviceStore::open(dir.path()).unwrap();
+        assert_eq!(store.get(id).unwrap().unwrap().text("village"), Some("石桥村"));
+        let pending = store.pending().unwrap();
+        assert_eq!(pending.len(), 1);
+        store
+            .acknowledge(&[(pending[0].push.id, pending[0].heads.clone())], &[])
+            .unwrap();
+        assert_eq!(store.pending_count().unwrap(), 0);
+        store
+            .update(id, &[("bus_service".into(), FieldValue::Bool(true))])
+            .unwrap();
+        let again = store.pending().unwrap();
+        let changes = crate::protocol::split_changes(&again[0].push.changes, &Default::default()).unwrap();
+        assert_eq!(changes.len(), 1, "only the unacknowledged change is pushed");
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = DeviceStore::open(dir.path()).unwrap();
+        assert!(matches!(DeviceStore::open(dir.path()), Err(StoreError::InUse(_))));
+    }
+}
