@@ -140,7 +140,9 @@ pub fn check_write(
         }
         Role::Office => {
             if before.is_none() {
-                return Err("office staff review and resolve records; they do not create them".into());
+                return Err(
+                    "office staff review and resolve records; they do not create them".into(),
+                );
             }
             for field in touched {
                 let was_conflict = old.get(field).is_some_and(|v| v.len() > 1);
@@ -206,7 +208,14 @@ mod tests {
         );
         let resolved = values(&[("village", "x"), ("note", "a")]);
         assert!(
-            check_write(&o, Kind::VillageSurvey, "village:1", Some(&conflicted), &resolved).is_ok()
+            check_write(
+                &o,
+                Kind::VillageSurvey,
+                "village:1",
+                Some(&conflicted),
+                &resolved
+            )
+            .is_ok()
         );
         assert!(check_write(&o, Kind::CheckIn, "team:5", None, &before).is_err());
     }

@@ -83,9 +83,13 @@ impl Connection {
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(Arc::new(tls::transport_config(limits.max_frame_bytes)));
         let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse().map_err(|_| ClientError::Network("bind".into()))?
+            "[::]:0"
+                .parse()
+                .map_err(|_| ClientError::Network("bind".into()))?
         } else {
-            "0.0.0.0:0".parse().map_err(|_| ClientError::Network("bind".into()))?
+            "0.0.0.0:0"
+                .parse()
+                .map_err(|_| ClientError::Network("bind".into()))?
         };
         let mut endpoint = quinn::Endpoint::client(bind)
             .map_err(|e| ClientError::Network(format!("cannot open a UDP socket: {e}")))?;
@@ -107,13 +111,19 @@ impl Connection {
         let frame = protocol::encode_frame(msg)?;
         let net = |e: &dyn std::fmt::Display| ClientError::Network(e.to_string());
         let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| self.closed(e))?;
-        send.write_all(&frame).await.map_err(|e| self.write_failed(e))?;
+        send.write_all(&frame)
+            .await
+            .map_err(|e| self.write_failed(e))?;
         send.finish().map_err(|e| net(&e))?;
         let mut prefix = [0u8; LENGTH_PREFIX];
-        recv.read_exact(&mut prefix).await.map_err(|e| self.read_failed(e))?;
+        recv.read_exact(&mut prefix)
+            .await
+            .map_err(|e| self.read_failed(e))?;
         let len = protocol::frame_len(prefix, &self.limits)?;
         let mut body = vec![0u8; len];
-        recv.read_exact(&mut body).await.map_err(|e| self.read_failed(e))?;
+        recv.read_exact(&mut body)
+            .await
+            .map_err(|e| self.read_failed(e))?;
         Ok(protocol::decode_body(&body, &self.limits)?)
     }
 
@@ -159,9 +169,7 @@ fn connection_error(server: &str, e: quinn::ConnectionError) -> ClientError {
             };
             ClientError::Refused { code, message }
         }
-        quinn::ConnectionError::TransportError(t) => {
-            ClientError::Network(format!("{server}: {t}"))
-        }
+        quinn::ConnectionError::TransportError(t) => ClientError::Network(format!("{server}: {t}")),
         other => ClientError::Network(format!("{server}: {other}")),
     }
 }

@@ -92,7 +92,10 @@ pub enum ServerMsg {
     SyncReply(SyncReply),
     Docs(Vec<DocData>),
     /// The request as a whole was refused; nothing of it was stored.
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// What a device learns when it enrolls.
@@ -460,8 +463,7 @@ mod tests {
             max_inflated_bytes: 1 << 20,
             ..Limits::default()
         };
-        let mut enc =
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
         std::io::Write::write_all(&mut enc, &vec![0u8; 8 << 20]).unwrap();
         let bomb = enc.finish().unwrap();
         let mut frame = ((bomb.len() + 1) as u32).to_be_bytes().to_vec();

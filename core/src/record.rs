@@ -151,23 +151,30 @@ impl Record {
     }
 
     /// Writes `fields` as one change at `time`; nothing is written if any value is refused.
-    pub fn update(&mut self, fields: &[(String, FieldValue)], time: i64) -> Result<(), RecordError> {
+    pub fn update(
+        &mut self,
+        fields: &[(String, FieldValue)],
+        time: i64,
+    ) -> Result<(), RecordError> {
         let written = self.write_fields(fields).and_then(|()| self.validate());
         if let Err(e) = written {
             self.doc.rollback();
             return Err(e);
         }
-        self.doc.commit_with(CommitOptions::default().with_time(time));
+        self.doc
+            .commit_with(CommitOptions::default().with_time(time));
         Ok(())
     }
 
     fn write_fields(&mut self, fields: &[(String, FieldValue)]) -> Result<(), RecordError> {
         let schema = self.kind.schema();
         for (name, value) in fields {
-            let spec = schema.field(name).ok_or_else(|| RecordError::UnknownField {
-                kind: self.kind,
-                field: name.clone(),
-            })?;
+            let spec = schema
+                .field(name)
+                .ok_or_else(|| RecordError::UnknownField {
+                    kind: self.kind,
+                    field: name.clone(),
+                })?;
             if spec.derived {
                 return Err(ValidationError::Derived(spec.name).into());
             }
@@ -254,7 +261,9 @@ impl Record {
 
     /// True if the document holds every change in `heads`.
     pub fn has_all(&mut self, heads: &[ChangeHash]) -> bool {
-        heads.iter().all(|h| self.doc.get_change_by_hash(h).is_some())
+        heads
+            .iter()
+            .all(|h| self.doc.get_change_by_hash(h).is_some())
     }
 
     pub fn save(&mut self) -> Vec<u8> {
@@ -405,8 +414,11 @@ mod tests {
         let mut a = survey(actor(1));
         let heads = a.heads();
         assert!(
-            a.update(&[("licensed_doctors".into(), FieldValue::Text("x".into()))], 2)
-                .is_err()
+            a.update(
+                &[("licensed_doctors".into(), FieldValue::Text("x".into()))],
+                2
+            )
+            .is_err()
         );
         assert!(
             a.update(&[("colour".into(), FieldValue::Text("x".into()))], 2)
@@ -426,7 +438,10 @@ mod tests {
                 ("volunteer_id".into(), FieldValue::Text("u1".into())),
                 ("activity".into(), FieldValue::Text("清洁家园".into())),
                 ("place".into(), FieldValue::Text("社区".into())),
-                ("started_at".into(), FieldValue::Text("2026-11-28T08:00:00+08:00".into())),
+                (
+                    "started_at".into(),
+                    FieldValue::Text("2026-11-28T08:00:00+08:00".into()),
+                ),
                 ("status".into(), FieldValue::Text("submitted".into())),
             ],
             10,
@@ -434,7 +449,10 @@ mod tests {
         .unwrap();
         assert!(!r.view().unwrap().fields.contains_key("hours"));
         r.update(
-            &[("ended_at".into(), FieldValue::Text("2026-11-28T09:45:00+08:00".into()))],
+            &[(
+                "ended_at".into(),
+                FieldValue::Text("2026-11-28T09:45:00+08:00".into()),
+            )],
             11,
         )
         .unwrap();

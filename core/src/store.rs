@@ -174,7 +174,8 @@ impl DeviceStore {
     pub fn set_enrollment(&self, info: &EnrollmentInfo) -> Result<(), StoreError> {
         let json = serde_json::to_vec(info).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let tx = self.db.begin_write()?;
-        tx.open_table(META)?.insert(META_ENROLLMENT, json.as_slice())?;
+        tx.open_table(META)?
+            .insert(META_ENROLLMENT, json.as_slice())?;
         tx.commit()?;
         Ok(())
     }
@@ -191,7 +192,11 @@ impl DeviceStore {
     }
 
     /// Edits a record as one durable write; returns its projection.
-    pub fn update(&self, id: Uuid, fields: &[(String, FieldValue)]) -> Result<RecordView, StoreError> {
+    pub fn update(
+        &self,
+        id: Uuid,
+        fields: &[(String, FieldValue)],
+    ) -> Result<RecordView, StoreError> {
         let mut record = self.record(id)?;
         record.set_actor(self.actor.clone());
         record.update(fields, now())?;
@@ -229,13 +234,19 @@ impl DeviceStore {
     }
 
     /// Projections of every record, optionally of one kind and/or scope, oldest first.
-    pub fn list(&self, kind: Option<Kind>, scope: Option<&str>) -> Result<Vec<RecordView>, StoreError> {
+    pub fn list(
+        &self,
+        kind: Option<Kind>,
+        scope: Option<&str>,
+    ) -> Result<Vec<RecordView>, StoreError> {
         let tx = self.db.begin_read()?;
         let views = tx.open_table(VIEWS)?;
         let mut out = Vec::new();
         for entry in views.iter()? {
             let view = decode_view(entry?.1.value())?;
-            if kind.is_some_and(|k| k.as_str() != view.kind) || scope.is_some_and(|s| s != view.scope) {
+            if kind.is_some_and(|k| k.as_str() != view.kind)
+                || scope.is_some_and(|s| s != view.scope)
+            {
                 continue;
             }
             out.push(view);
@@ -354,7 +365,11 @@ impl DeviceStore {
         let mut out = Vec::with_capacity(changed.len());
         for c in changed {
             let key = Uuid::from_bytes(c.id).as_u128();
-            let Some(local) = heads.get(key)?.map(|v| decode_hashes(v.value())).transpose()? else {
+            let Some(local) = heads
+                .get(key)?
+                .map(|v| decode_hashes(v.value()))
+                .transpose()?
+            else {
                 out.push((c.id, Vec::new()));
                 continue;
             };
@@ -389,7 +404,8 @@ impl DeviceStore {
                 let doc = match existing {
                     Some(bytes) => {
                         let mut doc = AutoCommit::load(&bytes).map_err(RecordError::from)?;
-                        doc.load_incremental(&data.bytes).map_err(RecordError::from)?;
+                        doc.load_incremental(&data.bytes)
+                            .map_err(RecordError::from)?;
                         doc
                     }
                     None => AutoCommit::load(&data.bytes).map_err(RecordError::from)?,
@@ -417,13 +433,18 @@ impl DeviceStore {
     }
 }
 
-fn put_record(tx: &redb::WriteTransaction, record: &mut Record, view: &RecordView) -> Result<(), StoreError> {
+fn put_record(
+    tx: &redb::WriteTransaction,
+    record: &mut Record,
+    view: &RecordView,
+) -> Result<(), StoreError> {
     let key = record.id().as_u128();
     let json = serde_json::to_vec(view).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let heads: Vec<Hash> = record.heads().iter().map(|h| h.0).collect();
     tx.open_table(DOCS)?.insert(key, record.save().as_slice())?;
     tx.open_table(VIEWS)?.insert(key, json.as_slice())?;
-    tx.open_table(HEADS)?.insert(key, encode_hashes(&heads).as_slice())?;
+    tx.open_table(HEADS)?
+        .insert(key, encode_hashes(&heads).as_slice())?;
     Ok(())
 }
 
@@ -473,7 +494,10 @@ mod tests {
             assert_eq!(store.pending_count().unwrap(), 1);
         }
         let store = DeviceStore::open(dir.path()).unwrap();
-        assert_eq!(store.get(id).unwrap().unwrap().text("village"), Some("石桥村"));
+        assert_eq!(
+            store.get(id).unwrap().unwrap().text("village"),
+            Some("石桥村")
+        );
         let pending = store.pending().unwrap();
         assert_eq!(pending.len(), 1);
         store
@@ -484,7 +508,8 @@ mod tests {
             .update(id, &[("bus_service".into(), FieldValue::Bool(true))])
             .unwrap();
         let again = store.pending().unwrap();
-        let changes = crate::protocol::split_changes(&again[0].push.changes, &Default::default()).unwrap();
+        let changes =
+            crate::protocol::split_changes(&again[0].push.changes, &Default::default()).unwrap();
         assert_eq!(changes.len(), 1, "only the unacknowledged change is pushed");
     }
 
@@ -492,6 +517,9 @@ mod tests {
     fn a_second_open_of_the_same_store_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _first = DeviceStore::open(dir.path()).unwrap();
-        assert!(matches!(DeviceStore::open(dir.path()), Err(StoreError::InUse(_))));
+        assert!(matches!(
+            DeviceStore::open(dir.path()),
+            Err(StoreError::InUse(_))
+        ));
     }
 }

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use crate::access::{self, DeviceCtx};
 use crate::model::Kind;
 use crate::protocol::{
-    ClientMsg, Cursor, DocData, DocId, ErrorCode, Hash, Limits, Outcome, PROTOCOL_VERSION,
-    PushDoc, PushResult, ServerMsg, SyncReply, Want, split_changes,
+    ClientMsg, Cursor, DocData, DocId, ErrorCode, Hash, Limits, Outcome, PROTOCOL_VERSION, PushDoc,
+    PushResult, ServerMsg, SyncReply, Want, split_changes,
 };
 use crate::record::{Record, RecordView};
 
@@ -142,7 +142,11 @@ pub trait SyncBackend {
 
     /// Merges every push with [`merge_push`] and stores all accepted ones durably, together,
     /// before returning; one outcome per push, in order.
-    fn commit(&mut self, ctx: &DeviceCtx, push: Vec<PushDoc>) -> Result<Vec<PushResult>, Self::Error>;
+    fn commit(
+        &mut self,
+        ctx: &DeviceCtx,
+        push: Vec<PushDoc>,
+    ) -> Result<Vec<PushResult>, Self::Error>;
 
     /// Documents changed in the scopes `ctx` may read since `cursors`, at most `limit`.
     fn changes_since(
@@ -172,7 +176,9 @@ pub fn serve<B: SyncBackend>(
         {
             error(
                 ErrorCode::Version,
-                format!("protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"),
+                format!(
+                    "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+                ),
             )
         }
         ClientMsg::Enroll { .. } => error(
@@ -210,7 +216,11 @@ pub fn serve<B: SyncBackend>(
             if want.len() > limits.max_docs_per_exchange {
                 return error(
                     ErrorCode::TooLarge,
-                    format!("{} documents wanted; the limit is {}", want.len(), limits.max_docs_per_exchange),
+                    format!(
+                        "{} documents wanted; the limit is {}",
+                        want.len(),
+                        limits.max_docs_per_exchange
+                    ),
                 );
             }
             match backend.fetch(ctx, &want) {
@@ -320,7 +330,10 @@ pub struct ClientRound {
 impl ClientRound {
     /// Starts a round that pushes `pending` and pulls since `cursors`.
     pub fn start(pending: Vec<Pending>, cursors: Vec<Cursor>) -> (ClientRound, Vec<Effect>) {
-        let pushed = pending.iter().map(|p| (p.push.id, p.heads.clone())).collect();
+        let pushed = pending
+            .iter()
+            .map(|p| (p.push.id, p.heads.clone()))
+            .collect();
         let push = pending.into_iter().map(|p| p.push).collect();
         let round = ClientRound {
             state: State::AwaitSync,
@@ -376,9 +389,7 @@ impl ClientRound {
             (State::AwaitDocs { cursors, more }, Input::Reply(ServerMsg::Docs(docs))) => {
                 Ok(self.after_apply(docs, cursors, more))
             }
-            (state, input) => Err(RoundError::Unexpected(format!(
-                "{input:?} while {state:?}"
-            ))),
+            (state, input) => Err(RoundError::Unexpected(format!("{input:?} while {state:?}"))),
         }
     }
 

@@ -1,1 +1,219 @@
-pub fn placeholder() {}
+//! fieldsync-server: the QUIC sync server that keeps the merged truth in redb.
+//!
+//! A data folder holds `fieldsync.redb`, the server key `server.key` (PKCS#8 DER) and its
+//! self-signed certificate `server.crt` (DER); devices pin the certificate's SHA-256.
+
+pub mod export;
+pub mod session;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fieldsync_core::protocol::{Limits, Outcome, PushResult};
+use fieldsync_core::tls::{self, KeyAndCert};
+use tokio::sync::watch;
+
+pub use store::{ServerStore, StoreError};
+
+const KEY_FILE: &str = "server.key";
+const CERT_FILE: &str = "server.crt";
+
+/// Why a data folder could not be initialised or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// `init` was given a folder that already holds data.
+    #[error("{0} already exists and is not empty; refusing to initialise it")]
+    Exists(PathBuf),
+    /// The folder is not a fieldsync data folder.
+    #[error("{0} is not a fieldsync data folder (run `fieldsync-server init --data {0}` first)")]
+    NotInitialised(PathBuf),
+    /// Files could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An opened data folder: the store and the server's TLS identity.
+pub struct DataDir {
+    pub path: PathBuf,
+    pub store: ServerStore,
+    pub identity: KeyAndCert,
+}
+
+impl DataDir {
+    /// Creates a new data folder; refuses one that already holds anything.
+    pub fn init(path: &Path) -> Result<DataDir, DataError> {
+        if path.exists() {
+            let mut entries = std::fs::read_dir(path).map_err(io_err(path))?;
+            if entries.next().is_some() {
+                return Err(DataError::Exists(path.to_path_buf()));
+            }
+        }
+        std::fs::create_dir_all(path).map_err(io_err(path))?;
+        let identity = KeyAndCert::generate(fieldsync_core::client::SERVER_NAME)?;
+        write_private(&path.join(KEY_FILE), &identity.key_pkcs8)?;
+        let cert_path = path.join(CERT_FILE);
+        std::fs::write(&cert_path, &identity.cert).map_err(io_err(&cert_path))?;
+        let store = ServerStore::open(path)?;
+        Ok(DataDir {
+            path: path.to_path_buf(),
+            store,
+            identity,
+        })
+    }
+
+    /// Opens an existing data folder.
+    pub fn open(path: &Path) -> Result<DataDir, DataError> {
+        let key_path = path.join(KEY_FILE);
+        let cert_path = path.join(CERT_FILE);
+        if !key_path.exists() || !cert_path.exists() {
+            return Err(DataError::NotInitialised(path.to_path_buf()));
+        }
+        let key_pkcs8 = std::fs::read(&key_path).map_err(io_err(&key_path))?;
+        let cert = std::fs::read(&cert_path).map_err(io_err(&cert_path))?;
+        let store = ServerStore::open(path)?;
+        Ok(DataDir {
+            path: path.to_path_buf(),
+            store,
+            identity: KeyAndCert { key_pkcs8, cert },
+        })
+    }
+
+    /// Whether `path` has been initialised as a data folder.
+    pub fn is_initialised(path: &Path) -> bool {
+        path.join(KEY_FILE).exists()
+    }
+
+    /// The SHA-256 of the server certificate, as devices pin it (64 hex digits).
+    pub fn fingerprint(&self) -> String {
+        hex::encode(tls::fingerprint(&self.identity.cert))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(io_err(path))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(path))
+}
+
+/// Counters for the people who run the server.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections: AtomicU64,
+    pub rounds: AtomicU64,
+    pub records_accepted: AtomicU64,
+    pub records_refused: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_micros_total: AtomicU64,
+}
+
+impl Metrics {
+    fn record_commit(&self, took: Duration, rounds: usize) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.rounds.fetch_add(rounds as u64, Ordering::Relaxed);
+        self.commit_micros_total
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn record_results(&self, results: &[PushResult]) {
+        for r in results {
+            match r.outcome {
+                Outcome::Accepted { .. } => self.records_accepted.fetch_add(1, Ordering::Relaxed),
+                Outcome::Refused { .. } => self.records_refused.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    }
+}
+
+/// A bound QUIC endpoint ready for [`session::run`].
+pub fn bind(
+    data: &DataDir,
+    addr: SocketAddr,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, DataError> {
+    let tls = tls::server_config(&data.identity)?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| DataError::Tls(tls::TlsError::Certificate(e.to_string())))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(tls::transport_config(limits.max_frame_bytes)));
+    // Every phone reconnects when the signal comes back: a large socket buffer keeps bursts of
+    // handshakes from being dropped, and the accept queue (not the kernel) does the waiting.
+    let socket = std::net::UdpSocket::bind(addr).map_err(io_err(Path::new("socket")))?;
+    let sock = socket2_buffers(socket);
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| DataError::Tls(tls::TlsError::Certificate("no async runtime".into())))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        sock,
+        runtime,
+    )
+    .map_err(io_err(Path::new("endpoint")))
+}
+
+fn socket2_buffers(socket: std::net::UdpSocket) -> std::net::UdpSocket {
+    // Best effort: the kernel caps these at net.core.rmem_max / wmem_max.
+    let sock = socket2::Socket::from(socket);
+    let _ = sock.set_recv_buffer_size(8 << 20);
+    let _ = sock.set_send_buffer_size(8 << 20);
+    sock.into()
+}
+
+/// A running server: its bound address and a handle to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight commits finish, and waits.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts serving `data` on `addr` (port 0 picks a free port) in the current tokio runtime.
+pub fn start(data: &DataDir, addr: SocketAddr, limits: Limits) -> Result<Running, DataError> {
+    let endpoint = bind(data, addr, &limits)?;
+    let local = endpoint.local_addr().map_err(io_err(Path::new("socket")))?;
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(session::Shared::new(
+        data.store.clone(),
+        limits,
+        metrics.clone(),
+    ));
+    let (shutdown, rx) = watch::channel(false);
+    let task = tokio::spawn(session::run(endpoint, shared, rx));
+    Ok(Running {
+        addr: local,
+        metrics,
+        shutdown,
+        task,
+    })
+}

@@ -1,1 +1,336 @@
-fn main(){}
+//! `fieldsync`: the device side on the command line, for scripts, support staff and tests.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fieldsync_core::model::{self, FieldValue, Kind};
+use fieldsync_core::store::DeviceStore;
+use fieldsync_core::{client, record::RecordView};
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(
+    name = "fieldsync",
+    version,
+    about = "fieldsync device store and sync client"
+)]
+struct Cli {
+    /// The device store folder (created on first use).
+    #[arg(long, global = true, default_value = "./fieldsync-store")]
+    store: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll this device with a one-time code; pins the server's certificate.
+    Enroll {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        fingerprint: String,
+        #[arg(long)]
+        code: String,
+    },
+    /// Record a volunteer check-in for the enrolled user.
+    Checkin {
+        #[arg(long)]
+        activity: String,
+        #[arg(long)]
+        place: String,
+        #[arg(long)]
+        start: String,
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        lat: Option<f64>,
+        #[arg(long, allow_hyphen_values = true)]
+        lon: Option<f64>,
+        #[arg(long)]
+        accuracy: Option<f64>,
+        #[arg(long)]
+        note: Option<String>,
+        /// Defaults to the user's first team scope.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Create a record of any kind.
+    New {
+        kind: String,
+        #[arg(long)]
+        scope: String,
+        /// FIELD=VALUE pairs; VALUE is parsed by the field's type, JSON accepted for any.
+        fields: Vec<String>,
+    },
+    /// Edit a record.
+    Set { id: Uuid, fields: Vec<String> },
+    /// Show one record.
+    Show {
+        id: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Who changed which fields of a record, and when.
+    History { id: Uuid },
+    /// List records.
+    List {
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        scope: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one sync round.
+    Sync,
+    /// Pending and refused records, and the enrollment.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let store = DeviceStore::open(&cli.store).map_err(|e| e.to_string())?;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    match cli.command {
+        Command::Enroll {
+            server,
+            fingerprint,
+            code,
+        } => {
+            let info = runtime()?
+                .block_on(client::enroll(&store, &server, &fingerprint, &code))
+                .map_err(|e| err(&e))?;
+            println!("device: {}", info.device_id);
+            println!(
+                "user: {} ({}), role {}, scopes {}",
+                info.user_id,
+                info.user_name,
+                info.role,
+                info.scopes.join(", ")
+            );
+        }
+        Command::Checkin {
+            activity,
+            place,
+            start,
+            end,
+            lat,
+            lon,
+            accuracy,
+            note,
+            scope,
+        } => {
+            let info = store
+                .enrollment()
+                .map_err(|e| err(&e))?
+                .ok_or("enroll this device first: a check-in needs the enrolled user")?;
+            let scope = match scope {
+                Some(s) => s,
+                None => info
+                    .scopes
+                    .iter()
+                    .find(|s| s.starts_with("team:"))
+                    .cloned()
+                    .ok_or("the enrolled user has no team scope; pass --scope team:ID")?,
+            };
+            let team = scope
+                .split_once(':')
+                .map(|(_, t)| t.to_string())
+                .unwrap_or_default();
+            let mut fields = vec![
+                (
+                    "volunteer_id".to_string(),
+                    FieldValue::Text(info.user_id.clone()),
+                ),
+                (
+                    "volunteer_name".to_string(),
+                    FieldValue::Text(info.user_name.clone()),
+                ),
+                ("team".to_string(), FieldValue::Text(team)),
+                ("activity".to_string(), FieldValue::Text(activity)),
+                ("place".to_string(), FieldValue::Text(place)),
+                ("started_at".to_string(), FieldValue::Text(start)),
+                ("status".to_string(), FieldValue::Text("submitted".into())),
+                (
+                    "device_time".to_string(),
+                    FieldValue::Text(chrono::Local::now().to_rfc3339()),
+                ),
+            ];
+            let optional = [
+                ("ended_at", end.map(FieldValue::Text)),
+                ("lat", lat.map(FieldValue::Number)),
+                ("lon", lon.map(FieldValue::Number)),
+                ("accuracy_m", accuracy.map(FieldValue::Number)),
+                ("note", note.map(FieldValue::Text)),
+            ];
+            fields.extend(
+                optional
+                    .into_iter()
+                    .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
+            );
+            let view = store
+                .create(Kind::CheckIn, &scope, &fields)
+                .map_err(|e| err(&e))?;
+            println!("{}", view.id);
+        }
+        Command::New {
+            kind,
+            scope,
+            fields,
+        } => {
+            let kind: Kind = kind.parse().map_err(|e| err(&e))?;
+            let fields = parse_fields(kind, &fields)?;
+            let view = store.create(kind, &scope, &fields).map_err(|e| err(&e))?;
+            println!("{}", view.id);
+        }
+        Command::Set { id, fields } => {
+            let view = store
+                .get(id)
+                .map_err(|e| err(&e))?
+                .ok_or(format!("no record {id}"))?;
+            let kind: Kind = view.kind.parse().map_err(|e| err(&e))?;
+            let fields = parse_fields(kind, &fields)?;
+            let view = store.update(id, &fields).map_err(|e| err(&e))?;
+            println!("{}", view.id);
+        }
+        Command::Show { id, json } => {
+            let view = store
+                .get(id)
+                .map_err(|e| err(&e))?
+                .ok_or(format!("no record {id}"))?;
+            print_views(&[view], json, false)?;
+        }
+        Command::History { id } => {
+            for h in store.history(id).map_err(|e| err(&e))? {
+                let when = chrono::DateTime::from_timestamp(h.time, 0)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default();
+                println!("{when}\t{}\t{}", h.actor, h.fields.join(","));
+            }
+        }
+        Command::List { kind, scope, json } => {
+            let kind = kind
+                .map(|k| k.parse::<Kind>())
+                .transpose()
+                .map_err(|e| err(&e))?;
+            let views = store.list(kind, scope.as_deref()).map_err(|e| err(&e))?;
+            print_views(&views, json, true)?;
+        }
+        Command::Sync => {
+            let (report, (tx, rx)) = runtime()?
+                .block_on(client::sync(&store, &mut |_, _| {}))
+                .map_err(|e| format!("sync failed, local data untouched: {e}"))?;
+            println!(
+                "sync: sent {}, received {}, refused {} ({} exchanges, {tx} bytes out, {rx} bytes in)",
+                report.sent,
+                report.received,
+                report.refused.len(),
+                report.exchanges
+            );
+            if !report.refused.is_empty() {
+                for (id, reason) in &report.refused {
+                    eprintln!("refused {id}: {reason}");
+                }
+                return Err(format!(
+                    "the server refused {} record(s)",
+                    report.refused.len()
+                ));
+            }
+        }
+        Command::Status { json } => {
+            let pending = store.pending_count().map_err(|e| err(&e))?;
+            let refused: Vec<serde_json::Value> = store
+                .refused()
+                .map_err(|e| err(&e))?
+                .into_iter()
+                .map(|(id, reason)| serde_json::json!({"id": id.to_string(), "reason": reason}))
+                .collect();
+            let enrollment = store.enrollment().map_err(|e| err(&e))?;
+            let status = serde_json::json!({
+                "device": store.device_id(),
+                "enrolled": enrollment.is_some(),
+                "pending": pending,
+                "refused": refused,
+            });
+            if json {
+                println!("{status}");
+            } else {
+                println!(
+                    "device {}: {pending} pending, {} refused",
+                    store.device_id(),
+                    refused.len()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_fields(kind: Kind, pairs: &[String]) -> Result<Vec<(String, FieldValue)>, String> {
+    let schema = kind.schema();
+    pairs
+        .iter()
+        .map(|pair| {
+            let (name, raw) = pair
+                .split_once('=')
+                .ok_or(format!("`{pair}` is not FIELD=VALUE"))?;
+            let spec = schema
+                .field(name)
+                .ok_or(format!("{kind} has no field `{name}`"))?;
+            let value = model::parse_input(spec, raw).map_err(|e| e.to_string())?;
+            Ok((name.to_string(), value))
+        })
+        .collect()
+}
+
+fn print_views(views: &[RecordView], json: bool, as_array: bool) -> Result<(), String> {
+    let out = if as_array {
+        serde_json::to_string(views)
+    } else {
+        serde_json::to_string(&views[0])
+    };
+    if json {
+        println!("{}", out.map_err(|e| e.to_string())?);
+    } else {
+        for v in views {
+            println!("{} {} {}", v.id, v.kind, v.scope);
+            for (k, val) in &v.fields {
+                let marker = if v.conflicts.contains_key(k) {
+                    " (conflict)"
+                } else {
+                    ""
+                };
+                println!("  {k}: {}{marker}", val.to_cell());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}

@@ -1,0 +1,286 @@
+//! The server side of the sync protocol over quinn: accept, authenticate, serve exchanges.
+//!
+//! Authentication happens before any sync message is read: the device's TLS client certificate
+//! proved possession of its key in the handshake; here its key id is looked up in the device
+//! table. Unknown devices may only send `Enroll`; revoked ones are closed at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fieldsync_core::access::DeviceCtx;
+use fieldsync_core::client::close;
+use fieldsync_core::protocol::{
+    self, ClientMsg, Enrollment, ErrorCode, LENGTH_PREFIX, Limits, PROTOCOL_VERSION, ServerMsg,
+};
+use fieldsync_core::tls;
+use tokio::sync::{Semaphore, watch};
+
+use crate::Metrics;
+use crate::store::{Backend, Committer, ServerStore, StoreError};
+
+/// Everything a connection needs, shared by all of them.
+pub struct Shared {
+    pub store: ServerStore,
+    pub committer: Committer,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    rounds: Mutex<HashMap<String, Vec<Instant>>>,
+}
+
+impl Shared {
+    pub fn new(store: ServerStore, limits: Limits, metrics: Arc<Metrics>) -> Shared {
+        let committer = Committer::start(store.clone(), limits.clone(), metrics.clone());
+        Shared {
+            store,
+            committer,
+            limits,
+            metrics,
+            rounds: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `device` may start another round now (a sliding one-minute window).
+    fn admit_round(&self, device: &str) -> bool {
+        let Ok(mut rounds) = self.rounds.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        let recent = rounds.entry(device.to_string()).or_default();
+        recent.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+        if recent.len() >= self.limits.max_rounds_per_minute as usize {
+            return false;
+        }
+        recent.push(now);
+        true
+    }
+}
+
+/// Most connections served at once; more wait in the accept queue (backpressure).
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Accepts connections until `shutdown` turns true, then closes them and waits for commits.
+pub async fn run(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.changed() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let incoming = tokio::select! {
+            _ = shutdown.changed() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            match incoming.await {
+                Ok(conn) => handle_connection(conn, shared).await,
+                Err(e) => tracing::debug!(error = %e, "handshake failed"),
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    endpoint.close(close::SHUTDOWN.into(), b"server shutting down");
+    // Rounds already being committed finish; their replies may not reach the device, which
+    // simply runs the round again (nothing acknowledged is lost, nothing is stored twice).
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    endpoint.wait_idle().await;
+}
+
+async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
+    shared
+        .metrics
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Some(device_id) = peer_device_id(&conn) else {
+        conn.close(close::UNAUTHORIZED.into(), b"no device certificate");
+        return;
+    };
+    let ctx = match shared.store.device_ctx(&device_id) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            tracing::error!(error = %e, "device lookup failed");
+            conn.close(close::UNAUTHORIZED.into(), b"server error");
+            return;
+        }
+    };
+    if ctx.is_none() && shared.store.device_known(&device_id).unwrap_or(false) {
+        tracing::info!(device = %device_id, "revoked device refused");
+        conn.close(close::UNAUTHORIZED.into(), b"this device has been revoked");
+        return;
+    }
+    let mut ctx = ctx;
+    if let Some(c) = &ctx {
+        if !shared.admit_round(&c.device_id) {
+            conn.close(
+                close::RATE_LIMITED.into(),
+                b"too many sync rounds; try again in a minute",
+            );
+            return;
+        }
+    }
+    loop {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let reply = match read_request(&mut recv, &shared.limits).await {
+            Err(e) => {
+                tracing::info!(device = %device_id, error = %e, "bad request");
+                ServerMsg::Error {
+                    code: e.code(),
+                    message: e.to_string(),
+                }
+            }
+            Ok(ClientMsg::Enroll { version, code }) if ctx.is_none() => {
+                let reply = enroll(&shared, &device_id, version, &code).await;
+                if let ServerMsg::Enrolled(_) = reply {
+                    ctx = shared.store.device_ctx(&device_id).ok().flatten();
+                }
+                reply
+            }
+            Ok(_) if ctx.is_none() => ServerMsg::Error {
+                code: ErrorCode::Unauthorized,
+                message: "this device is not enrolled".into(),
+            },
+            Ok(msg) => {
+                let ctx = ctx.clone().unwrap_or_else(|| unreachable_ctx(&device_id));
+                serve_blocking(&shared, ctx, msg).await
+            }
+        };
+        let frame = match protocol::encode_frame(&reply) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode reply");
+                return;
+            }
+        };
+        if send.write_all(&frame).await.is_err() || send.finish().is_err() {
+            return;
+        }
+    }
+}
+
+fn unreachable_ctx(device_id: &str) -> DeviceCtx {
+    // Only reached if the match above changes; an empty context may read and write nothing.
+    DeviceCtx {
+        device_id: device_id.to_string(),
+        actor: Vec::new(),
+        user_id: String::new(),
+        role: fieldsync_core::Role::Volunteer,
+        scopes: Vec::new(),
+    }
+}
+
+async fn serve_blocking(shared: &Arc<Shared>, ctx: DeviceCtx, msg: ClientMsg) -> ServerMsg {
+    let shared = shared.clone();
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut backend = Backend {
+            store: &shared.store,
+            committer: &shared.committer,
+        };
+        let reply = fieldsync_core::sync::serve(&mut backend, &ctx, msg, &shared.limits);
+        if let ServerMsg::SyncReply(r) = &reply {
+            shared.metrics.record_results(&r.results);
+        }
+        reply
+    })
+    .await;
+    match reply {
+        Ok(r) => r,
+        Err(e) => ServerMsg::Error {
+            code: ErrorCode::Internal,
+            message: format!("request failed: {e}"),
+        },
+    }
+}
+
+async fn enroll(shared: &Arc<Shared>, device_id: &str, version: u16, code: &str) -> ServerMsg {
+    if version != PROTOCOL_VERSION {
+        return ServerMsg::Error {
+            code: ErrorCode::Version,
+            message: format!("protocol version {version} is not supported"),
+        };
+    }
+    let store = shared.store.clone();
+    let (device, code) = (device_id.to_string(), code.to_string());
+    let now = chrono::Utc::now().timestamp();
+    let result = tokio::task::spawn_blocking(move || store.enroll(&code, &device, now)).await;
+    match result {
+        Ok(Ok((user, device))) => {
+            tracing::info!(device = %device.device_id, user = %user.id, "device enrolled");
+            ServerMsg::Enrolled(Enrollment {
+                device_id: device.device_id,
+                user_id: user.id,
+                user_name: user.name,
+                role: user.role,
+                scopes: user.scopes,
+            })
+        }
+        Ok(Err(StoreError::BadCode(message))) => ServerMsg::Error {
+            code: ErrorCode::BadCode,
+            message,
+        },
+        Ok(Err(e)) => ServerMsg::Error {
+            code: ErrorCode::Internal,
+            message: e.to_string(),
+        },
+        Err(e) => ServerMsg::Error {
+            code: ErrorCode::Internal,
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Reads one request frame, checking the announced size before allocating.
+async fn read_request(
+    recv: &mut quinn::RecvStream,
+    limits: &Limits,
+) -> Result<ClientMsg, protocol::ProtocolError> {
+    let mut prefix = [0u8; LENGTH_PREFIX];
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|e| protocol::ProtocolError::Truncated {
+            expected: LENGTH_PREFIX,
+            got: match e {
+                quinn::ReadExactError::FinishedEarly(n) => n,
+                _ => 0,
+            },
+        })?;
+    let len = protocol::frame_len(prefix, limits)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| protocol::ProtocolError::Truncated {
+            expected: len,
+            got: match e {
+                quinn::ReadExactError::FinishedEarly(n) => n,
+                _ => 0,
+            },
+        })?;
+    protocol::decode_body(&body, limits)
+}
+
+fn peer_device_id(conn: &quinn::Connection) -> Option<String> {
+    let identity = conn.peer_identity()?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    let cert = certs.first()?;
+    tls::device_key_id(cert).ok().map(hex::encode)
+}
