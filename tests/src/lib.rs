@@ -1,1 +1,237 @@
+//! Helpers for fieldsync's end-to-end tests: a real server on loopback (in-process or as a
+//! child process), and simulated phones that each have their own redb device store.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use fieldsync_core::Role;
+use fieldsync_core::client::{self, ClientError};
+use fieldsync_core::model::{FieldValue, Kind};
+use fieldsync_core::protocol::Limits;
+use fieldsync_core::record::RecordView;
+use fieldsync_core::store::DeviceStore;
+use fieldsync_core::sync::RoundReport;
+use fieldsync_server::store::User;
+use fieldsync_server::{DataDir, Running};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A server running in this process on 127.0.0.1:0 over real QUIC and a real redb file.
+pub struct TestServer {
+    pub dir: DataDir,
+    pub running: Option<Running>,
+    codes: u32,
+}
+
+impl TestServer {
+    /// Initialises a data folder under `root` and starts serving it.
+    pub fn start(root: &Path) -> TestServer {
+        Self::start_with(root, Limits::default())
+    }
+
+    pub fn start_with(root: &Path, limits: Limits) -> TestServer {
+        let dir = DataDir::init(&root.join("server")).expect("init data folder");
+        let running = fieldsync_server::start(&dir, "127.0.0.1:0".parse().expect("addr"), limits)
+            .expect("start server");
+        TestServer {
+            dir,
+            running: Some(running),
+            codes: 0,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.running.as_ref().expect("server running").addr
+    }
+
+    /// Issues a one-time code for a user.
+    pub fn code(&mut self, user: &str, role: Role, scopes: &[&str]) -> String {
+        self.codes += 1;
+        let code = format!("CODE{}", self.codes);
+        let user = User {
+            id: user.to_string(),
+            name: format!("用户{user}"),
+            role,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        };
+        self.dir
+            .store
+            .create_code(&user, &code, chrono::Utc::now().timestamp() + 3600)
+            .expect("create code");
+        code
+    }
+
+    /// Makes a phone and enrolls it as `user`.
+    pub async fn phone(&mut self, root: &Path, user: &str, role: Role, scopes: &[&str]) -> Phone {
+        let code = self.code(user, role, scopes);
+        let phone = Phone::open(&root.join(format!("phone-{user}-{}", self.codes)));
+        client::enroll(&phone.store, &self.addr().to_string(), &self.dir.fingerprint(), &code)
+            .await
+            .expect("enroll");
+        phone
+    }
+
+    /// Every record the server holds, by id.
+    pub fn records(&self) -> BTreeMap<String, RecordView> {
+        self.dir
+            .store
+            .records(None, None)
+            .expect("server records")
+            .into_iter()
+            .map(|v| (v.id.clone(), v))
+            .collect()
+    }
+}
+
+/// A simulated phone: its own device store in its own folder.
+pub struct Phone {
+    pub store: DeviceStore,
+    pub path: PathBuf,
+}
+
+impl Phone {
+    pub fn open(path: &Path) -> Phone {
+        Phone {
+            store: DeviceStore::open(path).expect("open device store"),
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub fn user(&self) -> String {
+        self.store
+            .enrollment()
+            .expect("enrollment")
+            .map(|e| e.user_id)
+            .unwrap_or_default()
+    }
+
+    /// Records a check-in for the enrolled user; returns its id.
+    pub fn check_in(&self, scope: &str, activity: &str) -> String {
+        let fields = check_in_fields(&self.user(), activity);
+        self.store
+            .create(Kind::CheckIn, scope, &fields)
+            .expect("check-in")
+            .id
+    }
+
+    pub fn create(&self, kind: Kind, scope: &str, fields: &[(&str, FieldValue)]) -> String {
+        self.store
+            .create(kind, scope, &owned(fields))
+            .expect("create")
+            .id
+    }
+
+    pub fn set(&self, id: &str, fields: &[(&str, FieldValue)]) {
+        let id = uuid::Uuid::parse_str(id).expect("uuid");
+        self.store.update(id, &owned(fields)).expect("update");
+    }
+
+    pub async fn sync(&self) -> Result<RoundReport, ClientError> {
+        client::sync(&self.store, &mut |_, _| {}).await.map(|(r, _)| r)
+    }
+
+    pub fn records(&self) -> BTreeMap<String, RecordView> {
+        self.store
+            .list(None, None)
+            .expect("list")
+            .into_iter()
+            .map(|v| (v.id.clone(), v))
+            .collect()
+    }
+}
+
+/// The fields of a valid check-in by `volunteer`.
+pub fn check_in_fields(volunteer: &str, activity: &str) -> Vec<(String, FieldValue)> {
+    owned(&[
+        ("volunteer_id", FieldValue::Text(volunteer.to_string())),
+        ("activity", FieldValue::Text(activity.to_string())),
+        ("place", FieldValue::Text("幸福社区".into())),
+        ("started_at", FieldValue::Text("2026-11-28T08:00:00+08:00".into())),
+        ("ended_at", FieldValue::Text("2026-11-28T10:30:00+08:00".into())),
+        ("status", FieldValue::Text("submitted".into())),
+    ])
+}
+
+pub fn owned(fields: &[(&str, FieldValue)]) -> Vec<(String, FieldValue)> {
+    fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+pub fn text(s: &str) -> FieldValue {
+    FieldValue::Text(s.to_string())
+}
+
+/// Path of a workspace binary built next to the running test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps dir");
+    let dir = if deps.ends_with("deps") {
+        deps.parent().expect("profile dir")
+    } else {
+        deps
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// `fieldsync-server serve` as a child process, for tests that kill it.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `serve` on `listen` and waits for its `listening on` line.
+    pub fn spawn(data: &Path, listen: &str) -> ServerProcess {
+        use std::io::BufRead;
+        let mut child = Command::new(binary("fieldsync-server"))
+            .args(["serve", "--data"])
+            .arg(data)
+            .args(["--listen", listen])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .expect("read");
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.parse().expect("address");
+            }
+        };
+        ServerProcess { child, addr }
+    }
+
+    /// SIGKILL: no graceful anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command line, returning (status ok, stdout, stderr).
+pub fn run(bin: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary(bin))
+        .args(args)
+        .output()
+        .expect("run command");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}

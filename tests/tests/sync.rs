@@ -1,0 +1,203 @@
+//! End-to-end sync over real QUIC on loopback and real redb files: several phones offline,
+//! conflicts, scopes and roles, authorship, and replay after a lost acknowledgement.
+
+use automerge::transaction::Transactable;
+use fieldsync_core::Role;
+use fieldsync_core::client::Connection;
+use fieldsync_core::model::{FieldValue, Kind};
+use fieldsync_core::protocol::{ClientMsg, Outcome, PROTOCOL_VERSION, PushDoc, ServerMsg};
+use fieldsync_core::tls;
+use fieldsync_tests::{TestServer, check_in_fields, text};
+
+fn survey_fields(village: &str) -> Vec<(&'static str, FieldValue)> {
+    vec![("village", text(village))]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_devices_converge_and_concurrent_field_shows_both_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut server = TestServer::start(root);
+    let v1 = server.phone(root, "v1", Role::Volunteer, &["team:1"]).await;
+    let v2 = server.phone(root, "v2", Role::Volunteer, &["team:1"]).await;
+    let v3 = server.phone(root, "v3", Role::Volunteer, &["team:2"]).await;
+    let a = server.phone(root, "a", Role::Village, &["village:9"]).await;
+    let b = server.phone(root, "b", Role::Village, &["village:9"]).await;
+    let office = server.phone(root, "o", Role::Office, &[]).await;
+
+    // Offline: volunteers record check-ins; a village member starts the survey.
+    let c1 = v1.check_in("team:1", "清洁家园");
+    let c2 = v2.check_in("team:1", "文明城市创建");
+    let c3 = v3.check_in("team:2", "社区网格化");
+    let survey = a.create(Kind::VillageSurvey, "village:9", &survey_fields("大坪村"));
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+    assert!(b.records().contains_key(&survey), "b received the survey");
+
+    // Apart again: the same field and different fields.
+    a.set(&survey, &[("licensed_doctors", FieldValue::Integer(2)), ("bus_service", FieldValue::Bool(true))]);
+    b.set(&survey, &[("licensed_doctors", FieldValue::Integer(3)), ("tap_water_pct", FieldValue::Number(95.0))]);
+
+    // Sync in a scrambled order, then once more each so everyone has everything.
+    for phone in [&v2, &b, &v3, &a, &v1, &office] {
+        phone.sync().await.unwrap();
+    }
+    for phone in [&v1, &v2, &v3, &a, &b, &office] {
+        let report = phone.sync().await.unwrap();
+        assert!(report.refused.is_empty(), "{:?}", report.refused);
+    }
+
+    let truth = server.records();
+    assert_eq!(truth.len(), 4);
+    let merged = &truth[&survey];
+    assert_eq!(merged.fields["bus_service"], FieldValue::Bool(true));
+    assert_eq!(merged.fields["tap_water_pct"], FieldValue::Number(95.0));
+    let mut both = merged.conflicts["licensed_doctors"].clone();
+    both.sort_by_key(|v| format!("{v:?}"));
+    assert_eq!(both, vec![FieldValue::Integer(2), FieldValue::Integer(3)]);
+    assert_eq!(merged.conflicts.len(), 1, "only the field set concurrently conflicts");
+
+    // Every device that may read a record ends with identical fields and conflicts.
+    for phone in [&a, &b, &office] {
+        assert_eq!(&phone.records()[&survey], merged);
+    }
+    for phone in [&v1, &v2, &office] {
+        assert_eq!(&phone.records()[&c1], &truth[&c1]);
+        assert_eq!(&phone.records()[&c2], &truth[&c2]);
+    }
+    assert_eq!(office.records(), truth, "office reads everything");
+
+    // Scopes: nobody receives what they may not read.
+    let ids = |p: &fieldsync_tests::Phone| p.records().into_keys().collect::<Vec<_>>();
+    let mut team1 = vec![c1.clone(), c2.clone()];
+    team1.sort();
+    assert_eq!(ids(&v1), team1);
+    assert_eq!(ids(&v2), team1);
+    assert_eq!(ids(&v3), vec![c3.clone()]);
+    assert_eq!(ids(&a), vec![survey.clone()]);
+    assert_eq!(truth[&c1].fields["hours"], FieldValue::Number(2.5));
+    server.running.take().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_per_record_store_nothing_and_never_block_later_rounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut server = TestServer::start(root);
+    let v1 = server.phone(root, "v1", Role::Volunteer, &["team:1"]).await;
+
+    let good = v1.check_in("team:1", "清洁家园");
+    let wrong_team = v1.check_in("team:2", "越权");
+    let survey = v1.create(Kind::VillageSurvey, "village:9", &survey_fields("大坪村"));
+    let report = v1.sync().await.unwrap();
+    assert_eq!(report.sent, 1);
+    let refused: Vec<String> = report.refused.iter().map(|(id, _)| id.to_string()).collect();
+    assert!(refused.contains(&wrong_team) && refused.contains(&survey), "{refused:?}");
+    let reason = &report.refused.iter().find(|(id, _)| id.to_string() == wrong_team).unwrap().1;
+    assert!(reason.contains("team:2"), "clear reason: {reason}");
+    let truth = server.records();
+    assert_eq!(truth.keys().cloned().collect::<Vec<_>>(), vec![good.clone()]);
+
+    // A volunteer may not confirm their own check-in.
+    v1.set(&good, &[("status", text("confirmed"))]);
+    let report = v1.sync().await.unwrap();
+    assert_eq!(report.refused.len(), 1);
+    assert!(report.refused[0].1.contains("status"), "{:?}", report.refused);
+    assert_eq!(server.records()[&good].fields["status"], text("submitted"));
+
+    // The refused records do not block later rounds.
+    let later = v1.check_in("team:1", "双报到双服务");
+    let report = v1.sync().await.unwrap();
+    assert_eq!((report.sent, report.refused.len()), (1, 0));
+    assert!(server.records().contains_key(&later));
+    assert_eq!(v1.store.pending_count().unwrap(), 0);
+    assert_eq!(v1.store.refused().unwrap().len(), 3);
+    server.running.take().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_under_another_devices_actor_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut server = TestServer::start(root);
+    let v1 = server.phone(root, "v1", Role::Volunteer, &["team:1"]).await;
+
+    // A valid check-in, but written under someone else's actor id.
+    let mut doc = automerge::AutoCommit::new().with_actor(automerge::ActorId::from([7u8; 16]));
+    doc.put(automerge::ROOT, "kind", "check_in").unwrap();
+    doc.put(automerge::ROOT, "schema", "check_in@1").unwrap();
+    doc.put(automerge::ROOT, "scope", "team:1").unwrap();
+    for (k, v) in check_in_fields("v1", "冒名") {
+        if let FieldValue::Text(s) = v {
+            doc.put(automerge::ROOT, k.as_str(), s.as_str()).unwrap();
+        }
+    }
+    doc.commit();
+    let changes: Vec<u8> = doc.get_changes(&[]).iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
+    let info = v1.store.enrollment().unwrap().unwrap();
+    let conn = Connection::connect(&info.server, tls::parse_fingerprint(&info.fingerprint).unwrap(), v1.store.identity())
+        .await
+        .unwrap();
+    let msg = ClientMsg::Sync {
+        version: PROTOCOL_VERSION,
+        push: vec![PushDoc {
+            id: *uuid::Uuid::now_v7().as_bytes(),
+            kind: Kind::CheckIn,
+            scope: "team:1".into(),
+            changes,
+        }],
+        cursors: vec![],
+    };
+    let ServerMsg::SyncReply(reply) = conn.exchange(&msg).await.unwrap() else {
+        panic!("expected a sync reply");
+    };
+    match &reply.results[0].outcome {
+        Outcome::Refused { reason } => assert!(reason.contains("actor"), "{reason}"),
+        other => panic!("forged change accepted: {other:?}"),
+    }
+    conn.close().await;
+    assert!(server.records().is_empty());
+    server.running.take().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_replayed_after_a_lost_acknowledgement_stores_nothing_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut server = TestServer::start(root);
+    let v1 = server.phone(root, "v1", Role::Volunteer, &["team:1"]).await;
+    let v2 = server.phone(root, "v2", Role::Volunteer, &["team:1"]).await;
+    let ids: Vec<String> = (0..20).map(|i| v1.check_in("team:1", &format!("活动{i}"))).collect();
+
+    // The server commits the push, but the acknowledgement never reaches the phone.
+    let info = v1.store.enrollment().unwrap().unwrap();
+    let conn = Connection::connect(&info.server, tls::parse_fingerprint(&info.fingerprint).unwrap(), v1.store.identity())
+        .await
+        .unwrap();
+    let push = v1.store.pending().unwrap().into_iter().map(|p| p.push).collect();
+    let msg = ClientMsg::Sync {
+        version: PROTOCOL_VERSION,
+        push,
+        cursors: vec![],
+    };
+    assert!(matches!(conn.exchange(&msg).await.unwrap(), ServerMsg::SyncReply(_)));
+    drop(conn);
+    assert_eq!(server.records().len(), 20);
+    assert_eq!(v1.store.pending_count().unwrap(), 20, "not acknowledged on the phone");
+
+    // The phone runs the round again: everything is acknowledged, nothing is stored twice.
+    let report = v1.sync().await.unwrap();
+    assert_eq!(report.sent, 20);
+    assert_eq!(v1.store.pending_count().unwrap(), 0);
+    let truth = server.records();
+    assert_eq!(truth.len(), 20);
+    for id in &ids {
+        let uuid = uuid::Uuid::parse_str(id).unwrap();
+        assert_eq!(server.dir.store.receipts(uuid).unwrap().len(), 1, "one receipt per change set");
+    }
+    v2.sync().await.unwrap();
+    assert_eq!(v2.records().len(), 20);
+    let again = v2.sync().await.unwrap();
+    assert_eq!(again.received, 0, "nothing is sent twice");
+    server.running.take().unwrap().stop().await;
+}
