@@ -220,7 +220,7 @@ pub async fn enroll(
 /// Runs one sync round for the store's device, reporting (done, total) documents.
 pub async fn sync(
     store: &DeviceStore,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<(RoundReport, (u64, u64)), ClientError> {
     let info = store.enrollment()?.ok_or(ClientError::NotEnrolled)?;
     let fingerprint = tls::parse_fingerprint(&info.fingerprint)?;
@@ -241,7 +241,7 @@ pub async fn sync(
 struct QuicDriver<'a> {
     conn: &'a Connection,
     store: &'a DeviceStore,
-    progress: &'a mut dyn FnMut(usize, usize),
+    progress: &'a mut (dyn FnMut(usize, usize) + Send),
 }
 
 impl RoundDriver for QuicDriver<'_> {
