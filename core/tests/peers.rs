@@ -1,0 +1,288 @@
+//! Many peers in one process, no sockets: the protocol state machines and the merge rule driven
+//! deterministically (a seeded generator picks who edits what and who syncs when), with each
+//! phone on its own redb device store and the server's storage in memory.
+
+use std::collections::BTreeMap;
+
+use fieldsync_core::access::{DeviceCtx, Role};
+use fieldsync_core::model::{FieldValue, Kind};
+use fieldsync_core::protocol::{
+    Changed, ClientMsg, Cursor, DocData, DocId, Hash, Limits, Outcome, PushDoc, PushResult,
+    ServerMsg, SyncReply, Want,
+};
+use fieldsync_core::store::DeviceStore;
+use fieldsync_core::sync::{self, RoundDriver, RoundError, StoredDoc, SyncBackend};
+
+/// The server's storage as plain maps: for this harness only, never instead of redb.
+#[derive(Default)]
+struct MemoryBackend {
+    docs: BTreeMap<DocId, (StoredDoc, u64, Vec<Hash>)>,
+    seq: u64,
+    commits: usize,
+}
+
+impl SyncBackend for MemoryBackend {
+    type Error = String;
+
+    fn commit(&mut self, ctx: &DeviceCtx, push: Vec<PushDoc>) -> Result<Vec<PushResult>, String> {
+        self.commits += 1;
+        let limits = Limits::default();
+        Ok(push
+            .into_iter()
+            .map(|p| {
+                let existing = self.docs.get(&p.id).map(|(d, _, _)| d.clone());
+                let outcome = match sync::merge_push(existing.as_ref(), &p, ctx, &limits) {
+                    Err(reason) => Outcome::Refused { reason },
+                    Ok(m) => {
+                        if let Some(bytes) = m.bytes {
+                            self.seq += 1;
+                            let stored = StoredDoc {
+                                kind: p.kind,
+                                scope: p.scope.clone(),
+                                bytes,
+                            };
+                            self.docs.insert(p.id, (stored, self.seq, m.heads.clone()));
+                        }
+                        Outcome::Accepted { heads: m.heads }
+                    }
+                };
+                PushResult { id: p.id, outcome }
+            })
+            .collect())
+    }
+
+    fn changes_since(&mut self, ctx: &DeviceCtx, cursors: &[Cursor], limit: usize) -> Result<SyncReply, String> {
+        let mut scopes: Vec<String> = self.docs.values().map(|(d, _, _)| d.scope.clone()).collect();
+        scopes.sort();
+        scopes.dedup();
+        scopes.retain(|s| ctx.may_read(s));
+        let mut changed = Vec::new();
+        let mut out = Vec::new();
+        for scope in scopes {
+            let from = cursors.iter().find(|c| c.scope == scope).map_or(0, |c| c.seq);
+            let mut entries: Vec<_> = self
+                .docs
+                .iter()
+                .filter(|(_, (d, seq, _))| d.scope == scope && *seq > from)
+                .collect();
+            entries.sort_by_key(|(_, (_, seq, _))| *seq);
+            let mut last = from;
+            for (id, (d, seq, heads)) in entries.into_iter().take(limit) {
+                last = *seq;
+                changed.push(Changed {
+                    id: *id,
+                    kind: d.kind,
+                    scope: d.scope.clone(),
+                    heads: heads.clone(),
+                });
+            }
+            out.push(Cursor { scope, seq: last });
+        }
+        Ok(SyncReply {
+            results: Vec::new(),
+            changed,
+            cursors: out,
+            more: false,
+        })
+    }
+
+    fn fetch(&mut self, ctx: &DeviceCtx, want: &[Want]) -> Result<Vec<DocData>, String> {
+        want.iter()
+            .filter_map(|w| self.docs.get(&w.id).map(|(d, _, _)| (w, d)))
+            .filter(|(_, d)| ctx.may_read(&d.scope))
+            .map(|(w, d)| {
+                Ok(DocData {
+                    id: w.id,
+                    kind: d.kind,
+                    scope: d.scope.clone(),
+                    bytes: sync::changes_for(d, &w.have)?,
+                })
+            })
+            .collect()
+    }
+}
+
+struct Peer {
+    store: DeviceStore,
+    ctx: DeviceCtx,
+}
+
+/// Drives a round straight into the backend, as the QUIC driver does over the network.
+struct InProcess<'a> {
+    peer: &'a Peer,
+    server: &'a mut MemoryBackend,
+    exchanges: usize,
+}
+
+impl RoundDriver for InProcess<'_> {
+    type Error = HarnessError;
+
+    async fn exchange(&mut self, msg: ClientMsg) -> Result<ServerMsg, HarnessError> {
+        self.exchanges += 1;
+        Ok(sync::serve(self.server, &self.peer.ctx, msg, &Limits::default()))
+    }
+
+    fn acknowledge(&mut self, accepted: Vec<(DocId, Vec<Hash>)>, refused: Vec<(DocId, String)>) -> Result<(), HarnessError> {
+        Ok(self.peer.store.acknowledge(&accepted, &refused).map_err(|e| e.to_string())?)
+    }
+
+    fn local_heads(&mut self, changed: &[Changed]) -> Result<Vec<(DocId, Vec<Hash>)>, HarnessError> {
+        Ok(self.peer.store.local_heads(changed).map_err(|e| e.to_string())?)
+    }
+
+    fn apply(&mut self, docs: Vec<DocData>, cursors: Vec<Cursor>) -> Result<(), HarnessError> {
+        Ok(self.peer.store.apply(&docs, &cursors).map_err(|e| e.to_string())?)
+    }
+}
+
+/// The harness's error: any failure is a test failure, with its message.
+#[derive(Debug)]
+struct HarnessError(#[allow(dead_code, reason = "shown through Debug when a round fails")] String);
+
+impl From<RoundError> for HarnessError {
+    fn from(e: RoundError) -> Self {
+        HarnessError(e.to_string())
+    }
+}
+
+impl From<String> for HarnessError {
+    fn from(e: String) -> Self {
+        HarnessError(e)
+    }
+}
+
+fn sync_peer(peer: &Peer, server: &mut MemoryBackend) -> (sync::RoundReport, usize) {
+    let pending = peer.store.pending().unwrap();
+    let cursors = peer.store.cursors().unwrap();
+    let mut driver = InProcess {
+        peer,
+        server,
+        exchanges: 0,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let report = rt.block_on(sync::drive_round(&mut driver, pending, cursors)).unwrap();
+    let exchanges = driver.exchanges;
+    (report, exchanges)
+}
+
+/// xorshift64*: deterministic and dependency-free.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn peer(dir: &std::path::Path, name: &str, role: Role, scopes: &[&str]) -> Peer {
+    let store = DeviceStore::open(&dir.join(name)).unwrap();
+    let actor = hex::decode(store.device_id()).unwrap();
+    Peer {
+        ctx: DeviceCtx {
+            device_id: store.device_id(),
+            actor,
+            user_id: name.to_string(),
+            role,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        },
+        store,
+    }
+}
+
+#[test]
+fn seeded_offline_edits_converge_on_every_peer_in_scope() {
+    for seed in [1u64, 7, 42] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut server = MemoryBackend::default();
+        let village: Vec<Peer> = (0..4)
+            .map(|i| peer(tmp.path(), &format!("village{i}"), Role::Village, &["village:1"]))
+            .collect();
+        let volunteer = peer(tmp.path(), "vol", Role::Volunteer, &["team:1"]);
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+
+        let first = village[0]
+            .store
+            .create(Kind::VillageSurvey, "village:1", &[("village".into(), FieldValue::Text("大坪村".into()))])
+            .unwrap();
+        let survey = uuid::Uuid::parse_str(&first.id).unwrap();
+        sync_peer(&village[0], &mut server);
+
+        let fields = ["licensed_doctors", "tap_water_pct", "bus_service", "note"];
+        for _step in 0..60 {
+            let p = &village[rng.below(village.len())];
+            match rng.below(3) {
+                0 => {
+                    sync_peer(p, &mut server);
+                }
+                _ if p.store.get(survey).unwrap().is_some() => {
+                    let field = fields[rng.below(fields.len())];
+                    let n = rng.below(100);
+                    let value = match field {
+                        "licensed_doctors" => FieldValue::Integer(n as i64),
+                        "tap_water_pct" => FieldValue::Number(n as f64),
+                        "bus_service" => FieldValue::Bool(n % 2 == 0),
+                        _ => FieldValue::Text(format!("走访记录 {n}")),
+                    };
+                    p.store.update(survey, &[(field.to_string(), value)]).unwrap();
+                }
+                _ => {
+                    p.store
+                        .create(
+                            Kind::VillageVisit,
+                            "village:1",
+                            &[
+                                ("village".into(), FieldValue::Text("大坪村".into())),
+                                ("household".into(), FieldValue::Text(format!("户{}", rng.below(50)))),
+                                ("visited_at".into(), FieldValue::Text("2026-11-28T09:00:00+08:00".into())),
+                            ],
+                        )
+                        .unwrap();
+                }
+            }
+        }
+        // Everyone syncs twice: the first pass pushes, the second pulls what others pushed.
+        for _ in 0..2 {
+            for p in &village {
+                let (report, exchanges) = sync_peer(p, &mut server);
+                assert!(report.refused.is_empty(), "seed {seed}: {:?}", report.refused);
+                assert!(exchanges <= 2, "a round is at most two exchanges, got {exchanges}");
+            }
+        }
+        let expected = village[0].store.list(None, None).unwrap();
+        assert_eq!(expected.len(), server.docs.len(), "seed {seed}");
+        for p in &village[1..] {
+            assert_eq!(p.store.list(None, None).unwrap(), expected, "seed {seed}: peers converge");
+            assert_eq!(p.store.pending_count().unwrap(), 0);
+        }
+        sync_peer(&volunteer, &mut server);
+        assert!(volunteer.store.list(None, None).unwrap().is_empty(), "no village records reach a volunteer");
+    }
+}
+
+#[test]
+fn a_round_costs_the_same_exchanges_for_one_or_many_documents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = MemoryBackend::default();
+    let a = peer(tmp.path(), "a", Role::Village, &["village:1"]);
+    let b = peer(tmp.path(), "b", Role::Village, &["village:1"]);
+    for n in [1usize, 200] {
+        for i in 0..n {
+            a.store
+                .create(Kind::VillageSurvey, "village:1", &[("village".into(), FieldValue::Text(format!("村{i}")))])
+                .unwrap();
+        }
+        let commits_before = server.commits;
+        let (push, push_exchanges) = sync_peer(&a, &mut server);
+        assert_eq!(push.sent, n);
+        assert_eq!(server.commits - commits_before, 1, "one commit per round");
+        let (pull, pull_exchanges) = sync_peer(&b, &mut server);
+        assert_eq!(pull.received, n);
+        assert_eq!(push_exchanges, 1, "push: one exchange whatever the number of records");
+        assert_eq!(pull_exchanges, 2, "pull: sync then fetch");
+    }
+}
