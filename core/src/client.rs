@@ -111,10 +111,13 @@ impl Connection {
         let frame = protocol::encode_frame(msg)?;
         let net = |e: &dyn std::fmt::Display| ClientError::Network(e.to_string());
         let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| self.closed(e))?;
-        send.write_all(&frame)
-            .await
-            .map_err(|e| self.write_failed(e))?;
-        send.finish().map_err(|e| net(&e))?;
+        match send.write_all(&frame).await {
+            Ok(()) => send.finish().map_err(|e| net(&e))?,
+            // The server stops reading a request it refuses (too large, say) but still sends
+            // its reason: read it rather than report a bare network error.
+            Err(quinn::WriteError::Stopped(_)) => {}
+            Err(e) => return Err(self.write_failed(e)),
+        }
         let mut prefix = [0u8; LENGTH_PREFIX];
         recv.read_exact(&mut prefix)
             .await

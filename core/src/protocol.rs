@@ -380,6 +380,11 @@ pub fn split_changes(
         }
         let change = automerge::Change::try_from(chunk)
             .map_err(|e| ProtocolError::Automerge(e.to_string()))?;
+        // Parsing a change does not verify its checksum, but loading a stored document does: a
+        // bad checksum accepted here would make the record unreadable for everyone after it.
+        if change.hash().0[..4] != chunk[4..8] {
+            return Err(bad("change checksum does not match its contents"));
+        }
         if change.len() > limits.max_ops_per_change {
             return Err(ProtocolError::Limit(format!(
                 "a change has {} operations; the limit is {}",

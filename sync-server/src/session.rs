@@ -56,6 +56,9 @@ impl Shared {
     }
 }
 
+/// How long one request may take to arrive; a stalled sender does not hold a slot forever.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Most connections served at once; more wait in the accept queue (backpressure).
 pub const MAX_CONNECTIONS: usize = 1024;
 
@@ -139,7 +142,16 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
             Ok(s) => s,
             Err(_) => return,
         };
-        let reply = match read_request(&mut recv, &shared.limits).await {
+        let request = tokio::time::timeout(
+            REQUEST_READ_TIMEOUT,
+            read_request(&mut recv, &shared.limits),
+        );
+        let Ok(request) = request.await else {
+            tracing::info!(device = %device_id, "request not received in time; closing");
+            conn.close(close::DONE.into(), b"request timed out");
+            return;
+        };
+        let reply = match request {
             Err(e) => {
                 tracing::info!(device = %device_id, error = %e, "bad request");
                 ServerMsg::Error {

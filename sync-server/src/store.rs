@@ -572,6 +572,8 @@ impl Committer {
                     }
                     let rounds: Vec<(DeviceCtx, Vec<PushDoc>)> =
                         batch.iter_mut().map(|j| (j.ctx.clone(), std::mem::take(&mut j.push))).collect();
+                    let docs: usize = rounds.iter().map(|(_, p)| p.len()).sum();
+                    tracing::info!(rounds = rounds.len(), docs, "committing");
                     let started = std::time::Instant::now();
                     let now_ms = chrono::Utc::now().timestamp_millis();
                     let result = store.commit_rounds(&rounds, &limits, now_ms);

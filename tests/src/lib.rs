@@ -165,8 +165,21 @@ pub fn text(s: &str) -> FieldValue {
     FieldValue::Text(s.to_string())
 }
 
-/// Path of a workspace binary built next to the running test executable.
+/// Path of a workspace binary, built (once per test process) next to the test executable.
+///
+/// Cargo builds other packages' binaries only for their own tests, so a `cargo test -p
+/// fieldsync-tests` could otherwise run a stale `fieldsync-server`.
 pub fn binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "fieldsync-server", "-p", "fieldsync-core", "--bins"]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
     let exe = std::env::current_exe().expect("current exe");
     let deps = exe.parent().expect("deps dir");
     let dir = if deps.ends_with("deps") {
@@ -174,19 +187,15 @@ pub fn binary(name: &str) -> PathBuf {
     } else {
         deps
     };
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
+    dir.join(name)
 }
 
 /// `fieldsync-server serve` as a child process, for tests that kill it.
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The server's log lines (stderr), as they come.
+    pub log: std::sync::mpsc::Receiver<String>,
 }
 
 impl ServerProcess {
@@ -197,11 +206,21 @@ impl ServerProcess {
             .args(["serve", "--data"])
             .arg(data)
             .args(["--listen", listen])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn server");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = std::io::BufReader::new(stdout).lines();
         let addr = loop {
@@ -213,7 +232,20 @@ impl ServerProcess {
                 break addr.parse().expect("address");
             }
         };
-        ServerProcess { child, addr }
+        ServerProcess { child, addr, log }
+    }
+
+    /// Waits up to `timeout` for a log line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// SIGKILL: no graceful anything.

@@ -631,9 +631,6 @@ async fn oversized_frames_are_refused_before_the_body_is_read() -> TestResult {
 /// The device's own client, sending a request larger than the server's cap, must surface the
 /// server's clear TooLarge answer rather than a bare transport error.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: Connection::exchange (core/src/client.rs) gives up when the server stops the \
-            oversized stream and never reads the TooLarge reply: Network(\"sending stopped by \
-            peer: error 0\")"]
 async fn an_oversized_request_from_the_client_gets_the_servers_clear_error() -> TestResult {
     let mut h = Server::start().await?;
     let mallory = h.enrolled("mallory").await?;
@@ -749,9 +746,6 @@ async fn invalid_automerge_bytes_are_refused_per_document() -> TestResult {
 /// itself refuses to load such bytes, so storing them would leave a record that neither the
 /// server nor any device can load again.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: protocol::split_changes (core/src/protocol.rs) never checks chunk checksums, so \
-            a change with a bad checksum is accepted and stored; Automerge then refuses to load \
-            it (BadChecksum) and every other device's sync in that scope fails"]
 async fn a_change_with_a_bad_checksum_is_refused() -> TestResult {
     let mut h = Server::start().await?;
     let mallory = h.enrolled("mallory").await?;

@@ -43,25 +43,25 @@ async fn server_killed_mid_round_holds_exactly_the_records_after_the_next_round(
         ids.insert(phone.store.create(fieldsync_core::Kind::CheckIn, "team:1", &fields).unwrap().id);
     }
 
-    // Kill the server while the round is under way: after the push has left the phone and
-    // before (or while) the server commits it.
+    // Kill the server the moment it starts merging and committing the round's 1,000
+    // documents: the push has fully arrived, the acknowledgement has not been sent.
     let store = std::sync::Arc::new(phone.store);
     let syncing = {
         let store = store.clone();
         tokio::spawn(async move { client::sync(&store, &mut |_, _| {}).await })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let server_ref = &server;
+    let saw_commit = tokio::task::block_in_place(|| server_ref.wait_for_log("committing", Duration::from_secs(60)));
+    assert!(saw_commit, "the server began committing the round");
     server.kill();
     let first = syncing.await.unwrap();
-    let pending_after_kill = store.pending_count().unwrap();
-    if first.is_ok() {
-        assert_eq!(pending_after_kill, 0, "an acknowledged round leaves nothing pending");
-    } else {
-        assert_eq!(pending_after_kill, 1000, "nothing acknowledged by a killed server");
-    }
+    assert!(first.is_err(), "a round whose server died before acknowledging fails");
+    assert_eq!(store.pending_count().unwrap(), 1000, "nothing acknowledged, nothing marked");
 
-    // Restart on the same data and address; the next round completes.
+    // Restart on the same data and address.
     let server = ServerProcess::spawn(&data, &addr.to_string());
+
+    // The next round completes.
     let (report, _) = client::sync(&store, &mut |_, _| {}).await.unwrap();
     assert!(report.refused.is_empty());
     assert_eq!(store.pending_count().unwrap(), 0);
