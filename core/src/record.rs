@@ -146,6 +146,10 @@ impl Record {
         &mut self.doc
     }
 
+    pub fn into_doc(self) -> AutoCommit {
+        self.doc
+    }
+
     pub fn set_actor(&mut self, actor: ActorId) {
         self.doc.set_actor(actor);
     }

@@ -60,12 +60,10 @@ pub fn merge_push(
                     stored.kind, stored.scope
                 ));
             }
-            let doc = AutoCommit::load(&stored.bytes)
+            let record = Record::load(id, &stored.bytes)
                 .map_err(|e| format!("stored document {id} is unreadable: {e}"))?;
-            let values = Record::from_doc(id, doc.clone())
-                .and_then(|r| r.values())
-                .map_err(|e| e.to_string())?;
-            (doc, Some(values))
+            let values = record.values().map_err(|e| e.to_string())?;
+            (record.into_doc(), Some(values))
         }
         None => (AutoCommit::new(), None),
     };

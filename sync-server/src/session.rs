@@ -151,29 +151,26 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
             conn.close(close::DONE.into(), b"request timed out");
             return;
         };
-        let reply = match request {
-            Err(e) => {
+        let reply = match (request, &ctx) {
+            (Err(e), _) => {
                 tracing::info!(device = %device_id, error = %e, "bad request");
                 ServerMsg::Error {
                     code: e.code(),
                     message: e.to_string(),
                 }
             }
-            Ok(ClientMsg::Enroll { version, code }) if ctx.is_none() => {
+            (Ok(ClientMsg::Enroll { version, code }), None) => {
                 let reply = enroll(&shared, &device_id, version, &code).await;
                 if let ServerMsg::Enrolled(_) = reply {
                     ctx = shared.store.device_ctx(&device_id).ok().flatten();
                 }
                 reply
             }
-            Ok(_) if ctx.is_none() => ServerMsg::Error {
+            (Ok(_), None) => ServerMsg::Error {
                 code: ErrorCode::Unauthorized,
                 message: "this device is not enrolled".into(),
             },
-            Ok(msg) => {
-                let ctx = ctx.clone().unwrap_or_else(|| unreachable_ctx(&device_id));
-                serve_blocking(&shared, ctx, msg).await
-            }
+            (Ok(msg), Some(known)) => serve_blocking(&shared, known.clone(), msg).await,
         };
         let frame = match protocol::encode_frame(&reply) {
             Ok(f) => f,
@@ -185,17 +182,6 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         if send.write_all(&frame).await.is_err() || send.finish().is_err() {
             return;
         }
-    }
-}
-
-fn unreachable_ctx(device_id: &str) -> DeviceCtx {
-    // Only reached if the match above changes; an empty context may read and write nothing.
-    DeviceCtx {
-        device_id: device_id.to_string(),
-        actor: Vec::new(),
-        user_id: String::new(),
-        role: fieldsync_core::Role::Volunteer,
-        scopes: Vec::new(),
     }
 }
 
