@@ -423,12 +423,11 @@ pub fn validate_record(
             Some(vs) => {
                 for v in vs {
                     check_value(spec, v)?;
-                    if spec.name == "status" {
-                        if let FieldValue::Text(s) = v {
-                            if !STATUSES.contains(&s.as_str()) {
-                                return Err(ValidationError::BadStatus(s.clone()));
-                            }
-                        }
+                    if spec.name == "status"
+                        && let FieldValue::Text(s) = v
+                        && !STATUSES.contains(&s.as_str())
+                    {
+                        return Err(ValidationError::BadStatus(s.clone()));
                     }
                 }
             }
@@ -441,10 +440,10 @@ pub fn validate_record(
             Some(FieldValue::Text(s)) => Some(s.clone()),
             _ => None,
         };
-        if let (Some(start), Some(end)) = (first("started_at"), first("ended_at")) {
-            if derive_hours(&start, &end).is_none() {
-                return Err(ValidationError::EndBeforeStart);
-            }
+        if let (Some(start), Some(end)) = (first("started_at"), first("ended_at"))
+            && derive_hours(&start, &end).is_none()
+        {
+            return Err(ValidationError::EndBeforeStart);
         }
     }
     Ok(())

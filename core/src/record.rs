@@ -225,10 +225,10 @@ impl Record {
                 Some(FieldValue::Text(s)) => Some(s.clone()),
                 _ => None,
             };
-            if let (Some(start), Some(end)) = (text("started_at"), text("ended_at")) {
-                if let Some(h) = model::derive_hours(&start, &end) {
-                    fields.insert("hours".to_string(), FieldValue::Number(h));
-                }
+            if let (Some(start), Some(end)) = (text("started_at"), text("ended_at"))
+                && let Some(h) = model::derive_hours(&start, &end)
+            {
+                fields.insert("hours".to_string(), FieldValue::Number(h));
             }
         }
         Ok(RecordView {

@@ -368,7 +368,7 @@ impl ClientRound {
                     .filter_map(|c| {
                         let have = local.get(&c.id).cloned().unwrap_or_default();
                         let has_all = c.heads.iter().all(|h| have.contains(h));
-                        (!has_all).then(|| Want { id: c.id, have })
+                        (!has_all).then_some(Want { id: c.id, have })
                     })
                     .collect();
                 if want.is_empty() {

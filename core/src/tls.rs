@@ -249,6 +249,8 @@ pub fn transport_config(max_frame_bytes: usize) -> quinn::TransportConfig {
         // A dead server is noticed within seconds, not minutes; keep-alives hold the connection
         // open while a slow link or a large commit is under way.
         .keep_alive_interval(Some(std::time::Duration::from_secs(2)))
-        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(8_000))));
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+            8_000,
+        ))));
     t
 }

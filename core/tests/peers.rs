@@ -51,15 +51,27 @@ impl SyncBackend for MemoryBackend {
             .collect())
     }
 
-    fn changes_since(&mut self, ctx: &DeviceCtx, cursors: &[Cursor], limit: usize) -> Result<SyncReply, String> {
-        let mut scopes: Vec<String> = self.docs.values().map(|(d, _, _)| d.scope.clone()).collect();
+    fn changes_since(
+        &mut self,
+        ctx: &DeviceCtx,
+        cursors: &[Cursor],
+        limit: usize,
+    ) -> Result<SyncReply, String> {
+        let mut scopes: Vec<String> = self
+            .docs
+            .values()
+            .map(|(d, _, _)| d.scope.clone())
+            .collect();
         scopes.sort();
         scopes.dedup();
         scopes.retain(|s| ctx.may_read(s));
         let mut changed = Vec::new();
         let mut out = Vec::new();
         for scope in scopes {
-            let from = cursors.iter().find(|c| c.scope == scope).map_or(0, |c| c.seq);
+            let from = cursors
+                .iter()
+                .find(|c| c.scope == scope)
+                .map_or(0, |c| c.seq);
             let mut entries: Vec<_> = self
                 .docs
                 .iter()
@@ -119,19 +131,43 @@ impl RoundDriver for InProcess<'_> {
 
     async fn exchange(&mut self, msg: ClientMsg) -> Result<ServerMsg, HarnessError> {
         self.exchanges += 1;
-        Ok(sync::serve(self.server, &self.peer.ctx, msg, &Limits::default()))
+        Ok(sync::serve(
+            self.server,
+            &self.peer.ctx,
+            msg,
+            &Limits::default(),
+        ))
     }
 
-    fn acknowledge(&mut self, accepted: Vec<(DocId, Vec<Hash>)>, refused: Vec<(DocId, String)>) -> Result<(), HarnessError> {
-        Ok(self.peer.store.acknowledge(&accepted, &refused).map_err(|e| e.to_string())?)
+    fn acknowledge(
+        &mut self,
+        accepted: Vec<(DocId, Vec<Hash>)>,
+        refused: Vec<(DocId, String)>,
+    ) -> Result<(), HarnessError> {
+        Ok(self
+            .peer
+            .store
+            .acknowledge(&accepted, &refused)
+            .map_err(|e| e.to_string())?)
     }
 
-    fn local_heads(&mut self, changed: &[Changed]) -> Result<Vec<(DocId, Vec<Hash>)>, HarnessError> {
-        Ok(self.peer.store.local_heads(changed).map_err(|e| e.to_string())?)
+    fn local_heads(
+        &mut self,
+        changed: &[Changed],
+    ) -> Result<Vec<(DocId, Vec<Hash>)>, HarnessError> {
+        Ok(self
+            .peer
+            .store
+            .local_heads(changed)
+            .map_err(|e| e.to_string())?)
     }
 
     fn apply(&mut self, docs: Vec<DocData>, cursors: Vec<Cursor>) -> Result<(), HarnessError> {
-        Ok(self.peer.store.apply(&docs, &cursors).map_err(|e| e.to_string())?)
+        Ok(self
+            .peer
+            .store
+            .apply(&docs, &cursors)
+            .map_err(|e| e.to_string())?)
     }
 }
 
@@ -159,8 +195,12 @@ fn sync_peer(peer: &Peer, server: &mut MemoryBackend) -> (sync::RoundReport, usi
         server,
         exchanges: 0,
     };
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let report = rt.block_on(sync::drive_round(&mut driver, pending, cursors)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let report = rt
+        .block_on(sync::drive_round(&mut driver, pending, cursors))
+        .unwrap();
     let exchanges = driver.exchanges;
     (report, exchanges)
 }
@@ -200,14 +240,25 @@ fn seeded_offline_edits_converge_on_every_peer_in_scope() {
         let tmp = tempfile::tempdir().unwrap();
         let mut server = MemoryBackend::default();
         let village: Vec<Peer> = (0..4)
-            .map(|i| peer(tmp.path(), &format!("village{i}"), Role::Village, &["village:1"]))
+            .map(|i| {
+                peer(
+                    tmp.path(),
+                    &format!("village{i}"),
+                    Role::Village,
+                    &["village:1"],
+                )
+            })
             .collect();
         let volunteer = peer(tmp.path(), "vol", Role::Volunteer, &["team:1"]);
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
 
         let first = village[0]
             .store
-            .create(Kind::VillageSurvey, "village:1", &[("village".into(), FieldValue::Text("大坪村".into()))])
+            .create(
+                Kind::VillageSurvey,
+                "village:1",
+                &[("village".into(), FieldValue::Text("大坪村".into()))],
+            )
             .unwrap();
         let survey = uuid::Uuid::parse_str(&first.id).unwrap();
         sync_peer(&village[0], &mut server);
@@ -225,10 +276,12 @@ fn seeded_offline_edits_converge_on_every_peer_in_scope() {
                     let value = match field {
                         "licensed_doctors" => FieldValue::Integer(n as i64),
                         "tap_water_pct" => FieldValue::Number(n as f64),
-                        "bus_service" => FieldValue::Bool(n % 2 == 0),
+                        "bus_service" => FieldValue::Bool(n.is_multiple_of(2)),
                         _ => FieldValue::Text(format!("走访记录 {n}")),
                     };
-                    p.store.update(survey, &[(field.to_string(), value)]).unwrap();
+                    p.store
+                        .update(survey, &[(field.to_string(), value)])
+                        .unwrap();
                 }
                 _ => {
                     p.store
@@ -237,8 +290,14 @@ fn seeded_offline_edits_converge_on_every_peer_in_scope() {
                             "village:1",
                             &[
                                 ("village".into(), FieldValue::Text("大坪村".into())),
-                                ("household".into(), FieldValue::Text(format!("户{}", rng.below(50)))),
-                                ("visited_at".into(), FieldValue::Text("2026-11-28T09:00:00+08:00".into())),
+                                (
+                                    "household".into(),
+                                    FieldValue::Text(format!("户{}", rng.below(50))),
+                                ),
+                                (
+                                    "visited_at".into(),
+                                    FieldValue::Text("2026-11-28T09:00:00+08:00".into()),
+                                ),
                             ],
                         )
                         .unwrap();
@@ -249,18 +308,32 @@ fn seeded_offline_edits_converge_on_every_peer_in_scope() {
         for _ in 0..2 {
             for p in &village {
                 let (report, exchanges) = sync_peer(p, &mut server);
-                assert!(report.refused.is_empty(), "seed {seed}: {:?}", report.refused);
-                assert!(exchanges <= 2, "a round is at most two exchanges, got {exchanges}");
+                assert!(
+                    report.refused.is_empty(),
+                    "seed {seed}: {:?}",
+                    report.refused
+                );
+                assert!(
+                    exchanges <= 2,
+                    "a round is at most two exchanges, got {exchanges}"
+                );
             }
         }
         let expected = village[0].store.list(None, None).unwrap();
         assert_eq!(expected.len(), server.docs.len(), "seed {seed}");
         for p in &village[1..] {
-            assert_eq!(p.store.list(None, None).unwrap(), expected, "seed {seed}: peers converge");
+            assert_eq!(
+                p.store.list(None, None).unwrap(),
+                expected,
+                "seed {seed}: peers converge"
+            );
             assert_eq!(p.store.pending_count().unwrap(), 0);
         }
         sync_peer(&volunteer, &mut server);
-        assert!(volunteer.store.list(None, None).unwrap().is_empty(), "no village records reach a volunteer");
+        assert!(
+            volunteer.store.list(None, None).unwrap().is_empty(),
+            "no village records reach a volunteer"
+        );
     }
 }
 
@@ -273,7 +346,11 @@ fn a_round_costs_the_same_exchanges_for_one_or_many_documents() {
     for n in [1usize, 200] {
         for i in 0..n {
             a.store
-                .create(Kind::VillageSurvey, "village:1", &[("village".into(), FieldValue::Text(format!("村{i}")))])
+                .create(
+                    Kind::VillageSurvey,
+                    "village:1",
+                    &[("village".into(), FieldValue::Text(format!("村{i}")))],
+                )
                 .unwrap();
         }
         let commits_before = server.commits;
@@ -282,7 +359,10 @@ fn a_round_costs_the_same_exchanges_for_one_or_many_documents() {
         assert_eq!(server.commits - commits_before, 1, "one commit per round");
         let (pull, pull_exchanges) = sync_peer(&b, &mut server);
         assert_eq!(pull.received, n);
-        assert_eq!(push_exchanges, 1, "push: one exchange whatever the number of records");
+        assert_eq!(
+            push_exchanges, 1,
+            "push: one exchange whatever the number of records"
+        );
         assert_eq!(pull_exchanges, 2, "pull: sync then fetch");
     }
 }

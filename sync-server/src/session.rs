@@ -128,14 +128,14 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         return;
     }
     let mut ctx = ctx;
-    if let Some(c) = &ctx {
-        if !shared.admit_round(&c.device_id) {
-            conn.close(
-                close::RATE_LIMITED.into(),
-                b"too many sync rounds; try again in a minute",
-            );
-            return;
-        }
+    if let Some(c) = &ctx
+        && !shared.admit_round(&c.device_id)
+    {
+        conn.close(
+            close::RATE_LIMITED.into(),
+            b"too many sync rounds; try again in a minute",
+        );
+        return;
     }
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {

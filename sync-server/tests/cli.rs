@@ -11,7 +11,10 @@ use fieldsync_core::store::DeviceStore;
 const BIN: &str = env!("CARGO_BIN_EXE_fieldsync-server");
 
 fn server(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN).args(args).output().expect("run fieldsync-server");
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run fieldsync-server");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -48,12 +51,32 @@ fn enroll_rejects_bad_arguments_clearly() {
     let data = data.to_str().unwrap();
     assert!(server(&["init", "--data", data]).0);
     let (ok, _, err) = server(&[
-        "enroll", "--data", data, "--user", "u", "--name", "n", "--role", "volunteer", "--scope", "team:",
+        "enroll",
+        "--data",
+        data,
+        "--user",
+        "u",
+        "--name",
+        "n",
+        "--role",
+        "volunteer",
+        "--scope",
+        "team:",
     ]);
     assert!(!ok);
     assert!(err.contains("scope"), "{err}");
     let (ok, _, err) = server(&[
-        "enroll", "--data", data, "--user", "u", "--name", "n", "--role", "volunteer", "--expires", "soon",
+        "enroll",
+        "--data",
+        data,
+        "--user",
+        "u",
+        "--name",
+        "n",
+        "--role",
+        "volunteer",
+        "--expires",
+        "soon",
     ]);
     assert!(!ok);
     assert!(err.contains("duration"), "{err}");
@@ -83,23 +106,53 @@ async fn serve_initialises_enroll_fails_while_it_runs_and_export_shows_the_recor
             break a.to_string();
         }
     };
-    assert_eq!(fingerprint.len(), 64, "first start initialises and prints the fingerprint");
+    assert_eq!(
+        fingerprint.len(),
+        64,
+        "first start initialises and prints the fingerprint"
+    );
 
     // The running server holds the folder: enroll fails at once with a clear message.
     let started = std::time::Instant::now();
     let (ok, _, err) = server(&[
-        "enroll", "--data", &data, "--user", "u1", "--name", "李四", "--role", "volunteer", "--scope", "team:1",
+        "enroll",
+        "--data",
+        &data,
+        "--user",
+        "u1",
+        "--name",
+        "李四",
+        "--role",
+        "volunteer",
+        "--scope",
+        "team:1",
     ]);
     assert!(!ok);
     assert!(err.contains("in use"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "never hangs");
 
     // Stop cleanly with SIGTERM, enroll a phone, serve again, sync a record.
-    let term = Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status().unwrap();
+    let term = Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(term.success());
-    assert!(child.wait().unwrap().success(), "SIGTERM stops the server cleanly");
+    assert!(
+        child.wait().unwrap().success(),
+        "SIGTERM stops the server cleanly"
+    );
     let (ok, out, err) = server(&[
-        "enroll", "--data", &data, "--user", "u1", "--name", "李四", "--role", "volunteer", "--scope", "team:1",
+        "enroll",
+        "--data",
+        &data,
+        "--user",
+        "u1",
+        "--name",
+        "李四",
+        "--role",
+        "volunteer",
+        "--scope",
+        "team:1",
     ]);
     assert!(ok, "{err}");
     let code = line_value(&out, "code:");
@@ -112,9 +165,16 @@ async fn serve_initialises_enroll_fails_while_it_runs_and_export_shows_the_recor
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while !lines.next().expect("serve printed").unwrap().starts_with("listening on") {}
+    while !lines
+        .next()
+        .expect("serve printed")
+        .unwrap()
+        .starts_with("listening on")
+    {}
     let phone = DeviceStore::open(&tmp.path().join("phone")).unwrap();
-    fieldsync_core::client::enroll(&phone, &addr, &fingerprint, &code).await.unwrap();
+    fieldsync_core::client::enroll(&phone, &addr, &fingerprint, &code)
+        .await
+        .unwrap();
     let fields: Vec<(String, FieldValue)> = [
         ("volunteer_id", "u1"),
         ("volunteer_name", "李四"),
@@ -128,8 +188,12 @@ async fn serve_initialises_enroll_fails_while_it_runs_and_export_shows_the_recor
     .map(|(k, v)| (k.to_string(), FieldValue::Text(v.to_string())))
     .collect();
     let id = phone.create(Kind::CheckIn, "team:1", &fields).unwrap().id;
-    fieldsync_core::client::sync(&phone, &mut |_, _| {}).await.unwrap();
-    let _ = Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status();
+    fieldsync_core::client::sync(&phone, &mut |_, _| {})
+        .await
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status();
     assert!(child.wait().unwrap().success());
 
     let (ok, out, err) = server(&["export", "--data", &data, "--format", "json"]);
@@ -142,11 +206,16 @@ async fn serve_initialises_enroll_fails_while_it_runs_and_export_shows_the_recor
     assert_eq!(records[0]["conflicts"], serde_json::json!({}));
 
     let out = Command::new(BIN)
-        .args(["export", "--data", &data, "--kind", "check_in", "--format", "csv"])
+        .args([
+            "export", "--data", &data, "--kind", "check_in", "--format", "csv",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(out.stdout.starts_with("\u{feff}".as_bytes()), "CSV starts with the UTF-8 BOM");
+    assert!(
+        out.stdout.starts_with("\u{feff}".as_bytes()),
+        "CSV starts with the UTF-8 BOM"
+    );
     let text = String::from_utf8(out.stdout[3..].to_vec()).unwrap();
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
@@ -157,7 +226,9 @@ async fn serve_initialises_enroll_fails_while_it_runs_and_export_shows_the_recor
     assert_eq!(&rows[0][col("activity")], "清洁家园, \"周末\"");
     assert_eq!(&rows[0][col("hours")], "3");
 
-    let (ok, _, err) = server(&["export", "--data", &data, "--kind", "parade", "--format", "csv"]);
+    let (ok, _, err) = server(&[
+        "export", "--data", &data, "--kind", "parade", "--format", "csv",
+    ]);
     assert!(!ok);
     assert!(err.contains("unknown kind"), "{err}");
 }
