@@ -4,6 +4,27 @@
 //! Layout follows quinn's split: `model`, `record`, `access`, `protocol` and `sync` are plain
 //! code with no IO; `store` (redb) and `client` (quinn) are thin layers around them.
 
+/// Implements `From` for each redb error type on an error enum with a `Database(redb::Error)`
+/// variant, so `?` works on every redb call of a store.
+#[macro_export]
+macro_rules! impl_from_redb {
+    ($target:ty) => {
+        $crate::impl_from_redb!(
+            $target: redb::TransactionError,
+            redb::TableError,
+            redb::StorageError,
+            redb::CommitError
+        );
+    };
+    ($target:ty: $($t:ty),*) => {$(
+        impl From<$t> for $target {
+            fn from(e: $t) -> Self {
+                Self::Database(e.into())
+            }
+        }
+    )*};
+}
+
 pub mod access;
 pub mod client;
 pub mod model;

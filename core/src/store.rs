@@ -73,21 +73,7 @@ pub enum StoreError {
     Tls(#[from] tls::TlsError),
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::Database(e.into())
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+crate::impl_from_redb!(StoreError);
 
 /// What a device learned at enrollment, and where its server is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

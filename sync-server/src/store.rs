@@ -71,21 +71,7 @@ pub enum StoreError {
     NotFound(String),
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::Database(e.into())
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+fieldsync_core::impl_from_redb!(StoreError);
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct IndexEntry {
