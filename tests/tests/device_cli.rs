@@ -1,0 +1,98 @@
+//! The `fieldsync` device command line as scripts and support staff use it, against a real
+//! `fieldsync-server` process.
+
+use fieldsync_tests::{ServerProcess, run};
+
+fn fieldsync(store: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["--store", store];
+    all.extend_from_slice(args);
+    run("fieldsync", &all)
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[test]
+fn record_offline_sync_and_fail_clearly_when_the_server_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let store = tmp.path().join("phone");
+    let store = store.to_str().unwrap();
+    assert!(run("fieldsync-server", &["init", "--data", data_s]).0);
+    let (ok, out, err) = run(
+        "fieldsync-server",
+        &["enroll", "--data", data_s, "--user", "u7", "--name", "赵六", "--role", "volunteer", "--scope", "team:7"],
+    );
+    assert!(ok, "{err}");
+    let value = |prefix: &str| out.lines().find_map(|l| l.strip_prefix(prefix)).unwrap().trim().to_string();
+    let (code, fingerprint) = (value("code:"), value("fingerprint:"));
+
+    let server = ServerProcess::spawn(&data, "127.0.0.1:0");
+    let addr = server.addr.to_string();
+    let (ok, out, err) = fieldsync(store, &["enroll", "--server", &addr, "--fingerprint", &fingerprint, "--code", &code]);
+    assert!(ok, "{err}");
+    let device = out.lines().find_map(|l| l.strip_prefix("device: ")).expect("device line");
+    assert_eq!(device.len(), 32);
+
+    // Record offline: a check-in for the enrolled user, and a survey-free edit.
+    let (ok, out, err) = fieldsync(
+        store,
+        &[
+            "checkin", "--activity", "清洁家园", "--place", "幸福社区",
+            "--start", "2026-11-28T08:00:00+08:00", "--end", "2026-11-28T09:30:00+08:00",
+            "--lat", "28.19", "--lon", "112.97", "--note", "扫落叶",
+        ],
+    );
+    assert!(ok, "{err}");
+    let id = out.trim().to_string();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "the id alone on a line: {out}");
+    let (ok, _, err) = fieldsync(store, &["set", &id, "note=扫落叶、清垃圾", "accuracy_m=12"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = fieldsync(store, &["set", &id, "lat=north"]);
+    assert!(!ok);
+    assert!(err.contains("lat"), "a clear error naming the field: {err}");
+
+    let (_, out, _) = fieldsync(store, &["show", &id, "--json"]);
+    let record = json(&out);
+    assert_eq!(record["kind"], "check_in");
+    assert_eq!(record["scope"], "team:7");
+    assert_eq!(record["fields"]["volunteer_id"], "u7");
+    assert_eq!(record["fields"]["volunteer_name"], "赵六");
+    assert_eq!(record["fields"]["hours"], 1.5);
+    assert_eq!(record["fields"]["accuracy_m"], 12.0);
+    assert_eq!(record["fields"]["note"], "扫落叶、清垃圾");
+    assert_eq!(record["conflicts"], serde_json::json!({}));
+    let (_, out, _) = fieldsync(store, &["list", "--kind", "check_in", "--json"]);
+    assert_eq!(json(&out).as_array().unwrap().len(), 1);
+    let (_, out, _) = fieldsync(store, &["status", "--json"]);
+    assert_eq!(json(&out)["pending"], 1);
+
+    // Sync: nothing pending afterwards.
+    let (ok, out, err) = fieldsync(store, &["sync"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("sent 1"), "{out}");
+    let (_, out, _) = fieldsync(store, &["status", "--json"]);
+    assert_eq!(json(&out)["pending"], 0);
+
+    // The server goes away: a clear message, a non-zero exit, local data untouched.
+    let (ok, _, err) = fieldsync(store, &["set", &id, "note=改"]);
+    assert!(ok, "{err}");
+    server.kill();
+    let (ok, _, err) = fieldsync(store, &["sync"]);
+    assert!(!ok);
+    assert!(err.contains("sync failed") && err.contains("local data untouched"), "{err}");
+    let (_, out, _) = fieldsync(store, &["status", "--json"]);
+    assert_eq!(json(&out)["pending"], 1);
+    let (_, out, _) = fieldsync(store, &["show", &id, "--json"]);
+    assert_eq!(json(&out)["fields"]["note"], "改");
+
+    // Bad input on the command line changes nothing.
+    let (ok, _, err) = fieldsync(store, &["new", "parade", "--scope", "team:7"]);
+    assert!(!ok && err.contains("unknown kind"), "{err}");
+    let (ok, _, err) = fieldsync(store, &["new", "village_survey", "--scope", "team:7", "village=x"]);
+    assert!(!ok && err.contains("scope"), "{err}");
+    let (_, out, _) = fieldsync(store, &["list", "--json"]);
+    assert_eq!(json(&out).as_array().unwrap().len(), 1);
+}
