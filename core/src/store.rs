@@ -194,7 +194,8 @@ impl DeviceStore {
         let key = record.id().as_u128();
         let tx = self.db.begin_write()?;
         {
-            put_record(&tx, record, &view)?;
+            let bytes = record.save();
+            put_record(&tx, record, &view, &bytes)?;
             tx.open_table(PENDING)?.insert(key, ())?;
             tx.open_table(REFUSED)?.remove(key)?;
         }
@@ -387,6 +388,7 @@ impl DeviceStore {
                 let id = Uuid::from_bytes(data.id);
                 let key = id.as_u128();
                 let existing = tx.open_table(DOCS)?.get(key)?.map(|v| v.value().to_vec());
+                let is_new = existing.is_none();
                 let doc = match existing {
                     Some(bytes) => {
                         let mut doc = AutoCommit::load(&bytes).map_err(RecordError::from)?;
@@ -403,7 +405,10 @@ impl DeviceStore {
                     )));
                 }
                 let view = record.view()?;
-                put_record(&tx, &mut record, &view)?;
+                // A record new to this device is stored as received (already loadable), which
+                // spares a full save per record on a first sync.
+                let bytes = if is_new { data.bytes.clone() } else { record.save() };
+                put_record(&tx, &mut record, &view, &bytes)?;
                 if pending.get(key)?.is_none() {
                     let heads: Vec<Hash> = record.heads().iter().map(|h| h.0).collect();
                     synced.insert(key, encode_hashes(&heads).as_slice())?;
@@ -423,11 +428,12 @@ fn put_record(
     tx: &redb::WriteTransaction,
     record: &mut Record,
     view: &RecordView,
+    bytes: &[u8],
 ) -> Result<(), StoreError> {
     let key = record.id().as_u128();
     let json = serde_json::to_vec(view).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let heads: Vec<Hash> = record.heads().iter().map(|h| h.0).collect();
-    tx.open_table(DOCS)?.insert(key, record.save().as_slice())?;
+    tx.open_table(DOCS)?.insert(key, bytes)?;
     tx.open_table(VIEWS)?.insert(key, json.as_slice())?;
     tx.open_table(HEADS)?
         .insert(key, encode_hashes(&heads).as_slice())?;

@@ -191,6 +191,7 @@ async fn serve_blocking(shared: &Arc<Shared>, ctx: DeviceCtx, msg: ClientMsg) ->
         let mut backend = Backend {
             store: &shared.store,
             committer: &shared.committer,
+            limits: &shared.limits,
         };
         let reply = fieldsync_core::sync::serve(&mut backend, &ctx, msg, &shared.limits);
         if let ServerMsg::SyncReply(r) = &reply {

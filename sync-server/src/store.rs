@@ -5,6 +5,7 @@
 //! that merges every round waiting at that moment into one durable write transaction, so a burst
 //! of phones costs one fsync per batch instead of one per phone.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -326,13 +327,38 @@ impl ServerStore {
             .collect()
     }
 
-    /// Merges the pushes of several rounds and commits them in one durable transaction.
+    /// Merges pushes against a read snapshot. This runs on the connection's own blocking task,
+    /// so the merges of concurrent rounds use every core; the commit thread only writes.
+    pub fn prepare(
+        &self,
+        ctx: &DeviceCtx,
+        push: Vec<PushDoc>,
+        limits: &Limits,
+    ) -> Result<Vec<Prepared>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let index = tx.open_table(INDEX)?;
+        let docs = tx.open_table(DOCS)?;
+        push.into_iter()
+            .map(|push| {
+                let (entry, stored) = load_stored(&index, &docs, &push)?;
+                let merged = sync::merge_push(stored.as_ref(), &push, ctx, limits);
+                Ok(Prepared {
+                    base: entry.map(|e| e.seq),
+                    merged,
+                    push,
+                })
+            })
+            .collect()
+    }
+
+    /// Commits the prepared pushes of several rounds in one durable transaction.
     ///
-    /// Each round gets one outcome per pushed document. A refused document writes nothing;
-    /// the others of the same round still land.
+    /// A document whose stored version changed since it was prepared (another round wrote it
+    /// first) is merged again here against the current version. Each round gets one outcome
+    /// per pushed document; a refused document writes nothing, the others of the round land.
     pub fn commit_rounds(
         &self,
-        rounds: &[(DeviceCtx, Vec<PushDoc>)],
+        rounds: Vec<(DeviceCtx, Vec<Prepared>)>,
         limits: &Limits,
         now_ms: i64,
     ) -> Result<Vec<Vec<PushResult>>, StoreError> {
@@ -350,28 +376,22 @@ impl ServerStore {
             let mut meta = tx.open_table(META)?;
             let mut devices = tx.open_table(DEVICES)?;
             let mut seq = meta.get(META_SEQ)?.map(|v| v.value()).unwrap_or(0);
-            for (ctx, push) in rounds {
-                let mut results = Vec::with_capacity(push.len());
-                for doc in push {
-                    let key = Uuid::from_bytes(doc.id).as_u128();
+            let mut scope_seqs: BTreeMap<String, u64> = BTreeMap::new();
+            for (ctx, prepared) in rounds {
+                let mut results = Vec::with_capacity(prepared.len());
+                for Prepared { push, base, merged } in prepared {
+                    let key = Uuid::from_bytes(push.id).as_u128();
                     let entry: Option<IndexEntry> = match index.get(key)? {
                         Some(v) => Some(unpostcard(v.value())?),
                         None => None,
                     };
-                    let stored = match &entry {
-                        Some(e) => Some(StoredDoc {
-                            kind: e.kind,
-                            scope: e.scope.clone(),
-                            bytes: docs.get(key)?.map(|v| v.value().to_vec()).ok_or_else(|| {
-                                StoreError::Corrupt(format!(
-                                    "record {} has no document",
-                                    Uuid::from_u128(key)
-                                ))
-                            })?,
-                        }),
-                        None => None,
+                    let merged = if entry.as_ref().map(|e| e.seq) == base {
+                        merged
+                    } else {
+                        let (_, stored) = load_stored(&index, &docs, &push)?;
+                        sync::merge_push(stored.as_ref(), &push, &ctx, limits)
                     };
-                    let outcome = match sync::merge_push(stored.as_ref(), doc, ctx, limits) {
+                    let outcome = match merged {
                         Err(reason) => Outcome::Refused { reason },
                         Ok(merged) => {
                             if let Some(bytes) = &merged.bytes {
@@ -379,13 +399,13 @@ impl ServerStore {
                                 if let Some(old) = &entry {
                                     feed.remove((old.scope.as_str(), old.seq))?;
                                 }
-                                feed.insert((doc.scope.as_str(), seq), key)?;
-                                scopes.insert(doc.scope.as_str(), seq)?;
+                                feed.insert((push.scope.as_str(), seq), key)?;
+                                scope_seqs.insert(push.scope.clone(), seq);
                                 docs.insert(key, bytes.as_slice())?;
                                 views.insert(key, json(&merged.view)?.as_slice())?;
                                 let new_entry = IndexEntry {
-                                    kind: doc.kind,
-                                    scope: doc.scope.clone(),
+                                    kind: push.kind,
+                                    scope: push.scope.clone(),
                                     seq,
                                     heads: merged.heads.clone(),
                                 };
@@ -404,7 +424,7 @@ impl ServerStore {
                         }
                     };
                     results.push(PushResult {
-                        id: doc.id,
+                        id: push.id,
                         outcome,
                     });
                 }
@@ -417,6 +437,9 @@ impl ServerStore {
                     devices.insert(ctx.device_id.as_str(), json(&device)?.as_slice())?;
                 }
                 all.push(results);
+            }
+            for (scope, last) in &scope_seqs {
+                scopes.insert(scope.as_str(), *last)?;
             }
             meta.insert(META_SEQ, seq)?;
         }
@@ -525,10 +548,39 @@ impl ServerStore {
     }
 }
 
+/// A pushed document merged against the stored version with feed position `base`.
+pub struct Prepared {
+    push: PushDoc,
+    base: Option<u64>,
+    merged: Result<sync::Merged, String>,
+}
+
+/// The stored document a push applies to, with its index entry; None for a new record.
+fn load_stored(
+    index: &impl ReadableTable<u128, &'static [u8]>,
+    docs: &impl ReadableTable<u128, &'static [u8]>,
+    push: &PushDoc,
+) -> Result<(Option<IndexEntry>, Option<StoredDoc>), StoreError> {
+    let key = Uuid::from_bytes(push.id).as_u128();
+    let Some(entry) = index.get(key)?.map(|v| unpostcard::<IndexEntry>(v.value())).transpose()? else {
+        return Ok((None, None));
+    };
+    let bytes = docs
+        .get(key)?
+        .map(|v| v.value().to_vec())
+        .ok_or_else(|| StoreError::Corrupt(format!("record {} has no document", Uuid::from_u128(key))))?;
+    let stored = StoredDoc {
+        kind: entry.kind,
+        scope: entry.scope.clone(),
+        bytes,
+    };
+    Ok((Some(entry), Some(stored)))
+}
+
 /// A round waiting to be committed.
 struct Job {
     ctx: DeviceCtx,
-    push: Vec<PushDoc>,
+    push: Vec<Prepared>,
     reply: tokio::sync::oneshot::Sender<Result<Vec<PushResult>, String>>,
 }
 
@@ -556,13 +608,13 @@ impl Committer {
                             Err(_) => break,
                         }
                     }
-                    let rounds: Vec<(DeviceCtx, Vec<PushDoc>)> =
+                    let rounds: Vec<(DeviceCtx, Vec<Prepared>)> =
                         batch.iter_mut().map(|j| (j.ctx.clone(), std::mem::take(&mut j.push))).collect();
                     let docs: usize = rounds.iter().map(|(_, p)| p.len()).sum();
                     tracing::info!(rounds = rounds.len(), docs, "committing");
                     let started = std::time::Instant::now();
                     let now_ms = chrono::Utc::now().timestamp_millis();
-                    let result = store.commit_rounds(&rounds, &limits, now_ms);
+                    let result = store.commit_rounds(rounds, &limits, now_ms);
                     metrics.record_commit(started.elapsed(), batch.len());
                     match result {
                         Ok(results) => {
@@ -592,7 +644,7 @@ impl Committer {
     pub fn commit_blocking(
         &self,
         ctx: &DeviceCtx,
-        push: Vec<PushDoc>,
+        push: Vec<Prepared>,
     ) -> Result<Vec<PushResult>, StoreError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.jobs
@@ -614,6 +666,7 @@ impl Committer {
 pub struct Backend<'a> {
     pub store: &'a ServerStore,
     pub committer: &'a Committer,
+    pub limits: &'a Limits,
 }
 
 impl SyncBackend for Backend<'_> {
@@ -624,7 +677,8 @@ impl SyncBackend for Backend<'_> {
         ctx: &DeviceCtx,
         push: Vec<PushDoc>,
     ) -> Result<Vec<PushResult>, StoreError> {
-        self.committer.commit_blocking(ctx, push)
+        let prepared = self.store.prepare(ctx, push, self.limits)?;
+        self.committer.commit_blocking(ctx, prepared)
     }
 
     fn changes_since(
