@@ -40,6 +40,28 @@ impl RecordView {
     }
 }
 
+/// A record's fields as read at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// The value that stands for each field.
+    pub standing: BTreeMap<String, FieldValue>,
+    /// Every concurrent value, for the fields holding more than one.
+    pub conflicts: BTreeMap<String, Vec<FieldValue>>,
+}
+
+impl Snapshot {
+    /// Each field's concurrent values (one where there is no conflict).
+    pub fn values(&self) -> BTreeMap<String, Vec<FieldValue>> {
+        self.standing
+            .iter()
+            .map(|(k, v)| {
+                let all = self.conflicts.get(k).cloned().unwrap_or_else(|| vec![v.clone()]);
+                (k.clone(), all)
+            })
+            .collect()
+    }
+}
+
 /// Who changed which fields of a record, and when (by the changing device's clock).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
@@ -188,38 +210,44 @@ impl Record {
         Ok(())
     }
 
-    /// Every field's concurrent values (one where there is no conflict), header keys excluded.
-    pub fn values(&self) -> Result<BTreeMap<String, Vec<FieldValue>>, RecordError> {
-        let mut out = BTreeMap::new();
-        for key in self.doc.keys(automerge::ROOT) {
-            if HEADER_KEYS.contains(&key.as_str()) {
+    /// Every field read in one pass over the root map; all concurrent values are fetched only
+    /// for fields that hold more than one.
+    pub fn snapshot(&self) -> Result<Snapshot, RecordError> {
+        let mut snap = Snapshot::default();
+        for item in self.doc.map_range(automerge::ROOT, ..) {
+            if HEADER_KEYS.contains(&item.key.as_ref()) {
                 continue;
             }
-            let all = self.doc.get_all(automerge::ROOT, key.as_str())?;
-            let mut values = Vec::with_capacity(all.len());
-            for (value, obj) in all {
-                values.push(read_value(&self.doc, &key, value, &obj)?);
+            let key = item.key.to_string();
+            let standing = read_value(&self.doc, &key, item.value.clone().into(), &item.id())?;
+            if item.conflict {
+                let mut all = Vec::new();
+                for (value, obj) in self.doc.get_all(automerge::ROOT, key.as_str())? {
+                    all.push(read_value(&self.doc, &key, value, &obj)?);
+                }
+                snap.conflicts.insert(key.clone(), all);
             }
-            out.insert(key, values);
+            snap.standing.insert(key, standing);
         }
-        Ok(out)
+        Ok(snap)
+    }
+
+    /// Every field's concurrent values (one where there is no conflict), header keys excluded.
+    pub fn values(&self) -> Result<BTreeMap<String, Vec<FieldValue>>, RecordError> {
+        Ok(self.snapshot()?.values())
     }
 
     /// The record's projection: current fields, derived `hours` and conflicts.
     pub fn view(&self) -> Result<RecordView, RecordError> {
-        let values = self.values()?;
-        let mut fields = BTreeMap::new();
-        let mut conflicts = BTreeMap::new();
-        for (name, vals) in values {
-            let standing = match self.doc.get(automerge::ROOT, name.as_str())? {
-                Some((value, obj)) => read_value(&self.doc, &name, value, &obj)?,
-                None => continue,
-            };
-            if vals.len() > 1 {
-                conflicts.insert(name.clone(), vals);
-            }
-            fields.insert(name, standing);
-        }
+        Ok(self.view_of(self.snapshot()?))
+    }
+
+    /// The projection of an already-read snapshot of this record.
+    pub fn view_of(&self, snap: Snapshot) -> RecordView {
+        let Snapshot {
+            standing: mut fields,
+            conflicts,
+        } = snap;
         if self.kind == Kind::CheckIn {
             let text = |k: &str| match fields.get(k) {
                 Some(FieldValue::Text(s)) => Some(s.clone()),
@@ -231,13 +259,13 @@ impl Record {
                 fields.insert("hours".to_string(), FieldValue::Number(h));
             }
         }
-        Ok(RecordView {
+        RecordView {
             id: self.id.to_string(),
             kind: self.kind.as_str().to_string(),
             scope: self.scope.clone(),
             fields,
             conflicts,
-        })
+        }
     }
 
     /// Validates the merged document: header unchanged, no nested objects, schema respected.

@@ -101,9 +101,10 @@ pub fn merge_push(
             push.scope
         ));
     }
-    let after = record.values().map_err(|e| e.to_string())?;
+    let snapshot = record.snapshot().map_err(|e| e.to_string())?;
+    let after = snapshot.values();
     crate::model::validate_record(push.kind, &after).map_err(|e| e.to_string())?;
-    let view = record.view().map_err(|e| e.to_string())?;
+    let view = record.view_of(snapshot);
     let heads = record.heads().iter().map(|h| h.0).collect();
     if added.is_empty() {
         return Ok(Merged {
