@@ -15,7 +15,7 @@ use crate::sync::{RoundDriver, RoundError, RoundReport, drive_round};
 use crate::tls::{self, KeyAndCert, TlsError};
 
 /// How long closing a connection may wait for the close to be sent.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The server name devices present; the certificate is pinned, so the name is not checked.
 pub const SERVER_NAME: &str = "fieldsync";
