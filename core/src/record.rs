@@ -55,7 +55,11 @@ impl Snapshot {
         self.standing
             .iter()
             .map(|(k, v)| {
-                let all = self.conflicts.get(k).cloned().unwrap_or_else(|| vec![v.clone()]);
+                let all = self
+                    .conflicts
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| vec![v.clone()]);
                 (k.clone(), all)
             })
             .collect()

@@ -407,7 +407,11 @@ impl DeviceStore {
                 let view = record.view()?;
                 // A record new to this device is stored as received (already loadable), which
                 // spares a full save per record on a first sync.
-                let bytes = if is_new { data.bytes.clone() } else { record.save() };
+                let bytes = if is_new {
+                    data.bytes.clone()
+                } else {
+                    record.save()
+                };
                 put_record(&tx, &mut record, &view, &bytes)?;
                 if pending.get(key)?.is_none() {
                     let heads: Vec<Hash> = record.heads().iter().map(|h| h.0).collect();

@@ -150,11 +150,11 @@ impl Metrics {
 
 /// A bound QUIC endpoint ready for [`session::run`].
 pub fn bind(
-    data: &DataDir,
+    identity: &KeyAndCert,
     addr: SocketAddr,
     limits: &Limits,
 ) -> Result<quinn::Endpoint, DataError> {
-    let tls = tls::server_config(&data.identity)?;
+    let tls = tls::server_config(identity)?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| DataError::Tls(tls::TlsError::Certificate(e.to_string())))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -200,14 +200,20 @@ impl Running {
 
 /// Starts serving `data` on `addr` (port 0 picks a free port) in the current tokio runtime.
 pub fn start(data: &DataDir, addr: SocketAddr, limits: Limits) -> Result<Running, DataError> {
-    let endpoint = bind(data, addr, &limits)?;
+    start_store(data.store.clone(), &data.identity, addr, limits)
+}
+
+/// Starts serving `store` with the TLS identity `identity`.
+pub fn start_store(
+    store: ServerStore,
+    identity: &KeyAndCert,
+    addr: SocketAddr,
+    limits: Limits,
+) -> Result<Running, DataError> {
+    let endpoint = bind(identity, addr, &limits)?;
     let local = endpoint.local_addr().map_err(io_err(Path::new("socket")))?;
     let metrics = Arc::new(Metrics::default());
-    let shared = Arc::new(session::Shared::new(
-        data.store.clone(),
-        limits,
-        metrics.clone(),
-    ));
+    let shared = Arc::new(session::Shared::new(store, limits, metrics.clone()));
     let (shutdown, rx) = watch::channel(false);
     let task = tokio::spawn(session::run(endpoint, shared, rx));
     Ok(Running {

@@ -134,6 +134,19 @@ impl ServerStore {
             }
             Err(e) => return Err(StoreError::Database(e.into())),
         };
+        Self::with_tables(db)
+    }
+
+    /// Opens (creating if needed) a store on any redb storage backend; tests use this to make
+    /// storage fail on purpose.
+    pub fn open_backend(backend: impl redb::StorageBackend) -> Result<ServerStore, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| StoreError::Database(e.into()))?;
+        Self::with_tables(db)
+    }
+
+    fn with_tables(db: Database) -> Result<ServerStore, StoreError> {
         let tx = db.begin_write()?;
         for t in [DOCS, VIEWS, INDEX] {
             tx.open_table(t)?;
@@ -562,13 +575,16 @@ fn load_stored(
     push: &PushDoc,
 ) -> Result<(Option<IndexEntry>, Option<StoredDoc>), StoreError> {
     let key = Uuid::from_bytes(push.id).as_u128();
-    let Some(entry) = index.get(key)?.map(|v| unpostcard::<IndexEntry>(v.value())).transpose()? else {
+    let Some(entry) = index
+        .get(key)?
+        .map(|v| unpostcard::<IndexEntry>(v.value()))
+        .transpose()?
+    else {
         return Ok((None, None));
     };
-    let bytes = docs
-        .get(key)?
-        .map(|v| v.value().to_vec())
-        .ok_or_else(|| StoreError::Corrupt(format!("record {} has no document", Uuid::from_u128(key))))?;
+    let bytes = docs.get(key)?.map(|v| v.value().to_vec()).ok_or_else(|| {
+        StoreError::Corrupt(format!("record {} has no document", Uuid::from_u128(key)))
+    })?;
     let stored = StoredDoc {
         kind: entry.kind,
         scope: entry.scope.clone(),

@@ -67,9 +67,14 @@ impl TestServer {
     pub async fn phone(&mut self, root: &Path, user: &str, role: Role, scopes: &[&str]) -> Phone {
         let code = self.code(user, role, scopes);
         let phone = Phone::open(&root.join(format!("phone-{user}-{}", self.codes)));
-        client::enroll(&phone.store, &self.addr().to_string(), &self.dir.fingerprint(), &code)
-            .await
-            .expect("enroll");
+        client::enroll(
+            &phone.store,
+            &self.addr().to_string(),
+            &self.dir.fingerprint(),
+            &code,
+        )
+        .await
+        .expect("enroll");
         phone
     }
 
@@ -129,7 +134,9 @@ impl Phone {
     }
 
     pub async fn sync(&self) -> Result<RoundReport, ClientError> {
-        client::sync(&self.store, &mut |_, _| {}).await.map(|(r, _)| r)
+        client::sync(&self.store, &mut |_, _| {})
+            .await
+            .map(|(r, _)| r)
     }
 
     pub fn records(&self) -> BTreeMap<String, RecordView> {
@@ -148,8 +155,14 @@ pub fn check_in_fields(volunteer: &str, activity: &str) -> Vec<(String, FieldVal
         ("volunteer_id", FieldValue::Text(volunteer.to_string())),
         ("activity", FieldValue::Text(activity.to_string())),
         ("place", FieldValue::Text("幸福社区".into())),
-        ("started_at", FieldValue::Text("2026-11-28T08:00:00+08:00".into())),
-        ("ended_at", FieldValue::Text("2026-11-28T10:30:00+08:00".into())),
+        (
+            "started_at",
+            FieldValue::Text("2026-11-28T08:00:00+08:00".into()),
+        ),
+        (
+            "ended_at",
+            FieldValue::Text("2026-11-28T10:30:00+08:00".into()),
+        ),
         ("status", FieldValue::Text("submitted".into())),
     ])
 }
@@ -173,7 +186,15 @@ pub fn binary(name: &str) -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "fieldsync-server", "-p", "fieldsync-core", "--bins"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "fieldsync-server",
+            "-p",
+            "fieldsync-core",
+            "--bins",
+        ]);
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }
@@ -215,7 +236,10 @@ impl ServerProcess {
         let stderr = child.stderr.take().expect("stderr");
         let (tx, log) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if tx.send(line).is_err() {
                     break;
                 }

@@ -12,7 +12,19 @@ use fieldsync_tests::{Phone, ServerProcess, binary, check_in_fields, run};
 fn enroll_code(data: &str, user: &str) -> (String, String) {
     let (ok, out, err) = run(
         "fieldsync-server",
-        &["enroll", "--data", data, "--user", user, "--name", "王五", "--role", "volunteer", "--scope", "team:1"],
+        &[
+            "enroll",
+            "--data",
+            data,
+            "--user",
+            user,
+            "--name",
+            "王五",
+            "--role",
+            "volunteer",
+            "--scope",
+            "team:1",
+        ],
     );
     assert!(ok, "enroll failed: {err}");
     let field = |name: &str| {
@@ -36,11 +48,19 @@ async fn server_killed_mid_round_holds_exactly_the_records_after_the_next_round(
     let server = ServerProcess::spawn(&data, "127.0.0.1:0");
     let addr = server.addr;
     let phone = Phone::open(&tmp.path().join("phone"));
-    client::enroll(&phone.store, &addr.to_string(), &fingerprint, &code).await.unwrap();
+    client::enroll(&phone.store, &addr.to_string(), &fingerprint, &code)
+        .await
+        .unwrap();
     let fields = check_in_fields("v1", "清洁家园");
     let mut ids = BTreeSet::new();
     for _ in 0..1000 {
-        ids.insert(phone.store.create(fieldsync_core::Kind::CheckIn, "team:1", &fields).unwrap().id);
+        ids.insert(
+            phone
+                .store
+                .create(fieldsync_core::Kind::CheckIn, "team:1", &fields)
+                .unwrap()
+                .id,
+        );
     }
 
     // Kill the server the moment it starts merging and committing the round's 1,000
@@ -51,12 +71,21 @@ async fn server_killed_mid_round_holds_exactly_the_records_after_the_next_round(
         tokio::spawn(async move { client::sync(&store, &mut |_, _| {}).await })
     };
     let server_ref = &server;
-    let saw_commit = tokio::task::block_in_place(|| server_ref.wait_for_log("committing", Duration::from_secs(60)));
+    let saw_commit = tokio::task::block_in_place(|| {
+        server_ref.wait_for_log("committing", Duration::from_secs(60))
+    });
     assert!(saw_commit, "the server began committing the round");
     server.kill();
     let first = syncing.await.unwrap();
-    assert!(first.is_err(), "a round whose server died before acknowledging fails");
-    assert_eq!(store.pending_count().unwrap(), 1000, "nothing acknowledged, nothing marked");
+    assert!(
+        first.is_err(),
+        "a round whose server died before acknowledging fails"
+    );
+    assert_eq!(
+        store.pending_count().unwrap(),
+        1000,
+        "nothing acknowledged, nothing marked"
+    );
 
     // Restart on the same data and address.
     let server = ServerProcess::spawn(&data, &addr.to_string());
@@ -94,7 +123,10 @@ fn a_device_killed_mid_write_reopens_with_every_committed_record() {
         .spawn()
         .unwrap();
     let pgid = child.id();
-    assert!(pgid > 1, "a real process group, never -1 (which would signal every process)");
+    assert!(
+        pgid > 1,
+        "a real process group, never -1 (which would signal every process)"
+    );
     let stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         std::io::BufReader::new(stdout)
@@ -110,10 +142,19 @@ fn a_device_killed_mid_write_reopens_with_every_committed_record() {
     assert!(killed.success());
     let _ = child.wait();
     let printed = reader.join().unwrap();
-    assert!(printed.len() >= 3, "the loop wrote records before the kill: {}", printed.len());
+    assert!(
+        printed.len() >= 3,
+        "the loop wrote records before the kill: {}",
+        printed.len()
+    );
 
     let store = DeviceStore::open(&store_dir).expect("the store opens after a kill");
-    let held: BTreeSet<String> = store.list(None, None).unwrap().into_iter().map(|v| v.id).collect();
+    let held: BTreeSet<String> = store
+        .list(None, None)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
     for id in &printed {
         assert!(held.contains(id), "committed record {id} survived the kill");
     }

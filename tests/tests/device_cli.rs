@@ -23,31 +23,78 @@ fn record_offline_sync_and_fail_clearly_when_the_server_is_gone() {
     assert!(run("fieldsync-server", &["init", "--data", data_s]).0);
     let (ok, out, err) = run(
         "fieldsync-server",
-        &["enroll", "--data", data_s, "--user", "u7", "--name", "赵六", "--role", "volunteer", "--scope", "team:7"],
+        &[
+            "enroll",
+            "--data",
+            data_s,
+            "--user",
+            "u7",
+            "--name",
+            "赵六",
+            "--role",
+            "volunteer",
+            "--scope",
+            "team:7",
+        ],
     );
     assert!(ok, "{err}");
-    let value = |prefix: &str| out.lines().find_map(|l| l.strip_prefix(prefix)).unwrap().trim().to_string();
+    let value = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
     let (code, fingerprint) = (value("code:"), value("fingerprint:"));
 
     let server = ServerProcess::spawn(&data, "127.0.0.1:0");
     let addr = server.addr.to_string();
-    let (ok, out, err) = fieldsync(store, &["enroll", "--server", &addr, "--fingerprint", &fingerprint, "--code", &code]);
+    let (ok, out, err) = fieldsync(
+        store,
+        &[
+            "enroll",
+            "--server",
+            &addr,
+            "--fingerprint",
+            &fingerprint,
+            "--code",
+            &code,
+        ],
+    );
     assert!(ok, "{err}");
-    let device = out.lines().find_map(|l| l.strip_prefix("device: ")).expect("device line");
+    let device = out
+        .lines()
+        .find_map(|l| l.strip_prefix("device: "))
+        .expect("device line");
     assert_eq!(device.len(), 32);
 
     // Record offline: a check-in for the enrolled user, and a survey-free edit.
     let (ok, out, err) = fieldsync(
         store,
         &[
-            "checkin", "--activity", "清洁家园", "--place", "幸福社区",
-            "--start", "2026-11-28T08:00:00+08:00", "--end", "2026-11-28T09:30:00+08:00",
-            "--lat", "28.19", "--lon", "112.97", "--note", "扫落叶",
+            "checkin",
+            "--activity",
+            "清洁家园",
+            "--place",
+            "幸福社区",
+            "--start",
+            "2026-11-28T08:00:00+08:00",
+            "--end",
+            "2026-11-28T09:30:00+08:00",
+            "--lat",
+            "28.19",
+            "--lon",
+            "112.97",
+            "--note",
+            "扫落叶",
         ],
     );
     assert!(ok, "{err}");
     let id = out.trim().to_string();
-    assert!(uuid::Uuid::parse_str(&id).is_ok(), "the id alone on a line: {out}");
+    assert!(
+        uuid::Uuid::parse_str(&id).is_ok(),
+        "the id alone on a line: {out}"
+    );
     let (ok, _, err) = fieldsync(store, &["set", &id, "note=扫落叶、清垃圾", "accuracy_m=12"]);
     assert!(ok, "{err}");
     let (ok, _, err) = fieldsync(store, &["set", &id, "lat=north"]);
@@ -82,7 +129,10 @@ fn record_offline_sync_and_fail_clearly_when_the_server_is_gone() {
     server.kill();
     let (ok, _, err) = fieldsync(store, &["sync"]);
     assert!(!ok);
-    assert!(err.contains("sync failed") && err.contains("local data untouched"), "{err}");
+    assert!(
+        err.contains("sync failed") && err.contains("local data untouched"),
+        "{err}"
+    );
     let (_, out, _) = fieldsync(store, &["status", "--json"]);
     assert_eq!(json(&out)["pending"], 1);
     let (_, out, _) = fieldsync(store, &["show", &id, "--json"]);
@@ -91,7 +141,10 @@ fn record_offline_sync_and_fail_clearly_when_the_server_is_gone() {
     // Bad input on the command line changes nothing.
     let (ok, _, err) = fieldsync(store, &["new", "parade", "--scope", "team:7"]);
     assert!(!ok && err.contains("unknown kind"), "{err}");
-    let (ok, _, err) = fieldsync(store, &["new", "village_survey", "--scope", "team:7", "village=x"]);
+    let (ok, _, err) = fieldsync(
+        store,
+        &["new", "village_survey", "--scope", "team:7", "village=x"],
+    );
     assert!(!ok && err.contains("scope"), "{err}");
     let (_, out, _) = fieldsync(store, &["list", "--json"]);
     assert_eq!(json(&out).as_array().unwrap().len(), 1);

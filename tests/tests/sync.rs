@@ -35,8 +35,20 @@ async fn offline_devices_converge_and_concurrent_field_shows_both_values() {
     assert!(b.records().contains_key(&survey), "b received the survey");
 
     // Apart again: the same field and different fields.
-    a.set(&survey, &[("licensed_doctors", FieldValue::Integer(2)), ("bus_service", FieldValue::Bool(true))]);
-    b.set(&survey, &[("licensed_doctors", FieldValue::Integer(3)), ("tap_water_pct", FieldValue::Number(95.0))]);
+    a.set(
+        &survey,
+        &[
+            ("licensed_doctors", FieldValue::Integer(2)),
+            ("bus_service", FieldValue::Bool(true)),
+        ],
+    );
+    b.set(
+        &survey,
+        &[
+            ("licensed_doctors", FieldValue::Integer(3)),
+            ("tap_water_pct", FieldValue::Number(95.0)),
+        ],
+    );
 
     // Sync in a scrambled order, then once more each so everyone has everything.
     for phone in [&v2, &b, &v3, &a, &v1, &office] {
@@ -55,7 +67,11 @@ async fn offline_devices_converge_and_concurrent_field_shows_both_values() {
     let mut both = merged.conflicts["licensed_doctors"].clone();
     both.sort_by_key(|v| format!("{v:?}"));
     assert_eq!(both, vec![FieldValue::Integer(2), FieldValue::Integer(3)]);
-    assert_eq!(merged.conflicts.len(), 1, "only the field set concurrently conflicts");
+    assert_eq!(
+        merged.conflicts.len(),
+        1,
+        "only the field set concurrently conflicts"
+    );
 
     // Every device that may read a record ends with identical fields and conflicts.
     for phone in [&a, &b, &office] {
@@ -91,18 +107,37 @@ async fn refusals_are_per_record_store_nothing_and_never_block_later_rounds() {
     let survey = v1.create(Kind::VillageSurvey, "village:9", &survey_fields("大坪村"));
     let report = v1.sync().await.unwrap();
     assert_eq!(report.sent, 1);
-    let refused: Vec<String> = report.refused.iter().map(|(id, _)| id.to_string()).collect();
-    assert!(refused.contains(&wrong_team) && refused.contains(&survey), "{refused:?}");
-    let reason = &report.refused.iter().find(|(id, _)| id.to_string() == wrong_team).unwrap().1;
+    let refused: Vec<String> = report
+        .refused
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    assert!(
+        refused.contains(&wrong_team) && refused.contains(&survey),
+        "{refused:?}"
+    );
+    let reason = &report
+        .refused
+        .iter()
+        .find(|(id, _)| id.to_string() == wrong_team)
+        .unwrap()
+        .1;
     assert!(reason.contains("team:2"), "clear reason: {reason}");
     let truth = server.records();
-    assert_eq!(truth.keys().cloned().collect::<Vec<_>>(), vec![good.clone()]);
+    assert_eq!(
+        truth.keys().cloned().collect::<Vec<_>>(),
+        vec![good.clone()]
+    );
 
     // A volunteer may not confirm their own check-in.
     v1.set(&good, &[("status", text("confirmed"))]);
     let report = v1.sync().await.unwrap();
     assert_eq!(report.refused.len(), 1);
-    assert!(report.refused[0].1.contains("status"), "{:?}", report.refused);
+    assert!(
+        report.refused[0].1.contains("status"),
+        "{:?}",
+        report.refused
+    );
     assert_eq!(server.records()[&good].fields["status"], text("submitted"));
 
     // The refused records do not block later rounds.
@@ -133,11 +168,19 @@ async fn a_change_under_another_devices_actor_is_refused() {
         }
     }
     doc.commit();
-    let changes: Vec<u8> = doc.get_changes(&[]).iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
+    let changes: Vec<u8> = doc
+        .get_changes(&[])
+        .iter()
+        .flat_map(|c| c.raw_bytes().to_vec())
+        .collect();
     let info = v1.store.enrollment().unwrap().unwrap();
-    let conn = Connection::connect(&info.server, tls::parse_fingerprint(&info.fingerprint).unwrap(), v1.store.identity())
-        .await
-        .unwrap();
+    let conn = Connection::connect(
+        &info.server,
+        tls::parse_fingerprint(&info.fingerprint).unwrap(),
+        v1.store.identity(),
+    )
+    .await
+    .unwrap();
     let msg = ClientMsg::Sync {
         version: PROTOCOL_VERSION,
         push: vec![PushDoc {
@@ -167,23 +210,42 @@ async fn a_round_replayed_after_a_lost_acknowledgement_stores_nothing_twice() {
     let mut server = TestServer::start(root);
     let v1 = server.phone(root, "v1", Role::Volunteer, &["team:1"]).await;
     let v2 = server.phone(root, "v2", Role::Volunteer, &["team:1"]).await;
-    let ids: Vec<String> = (0..20).map(|i| v1.check_in("team:1", &format!("活动{i}"))).collect();
+    let ids: Vec<String> = (0..20)
+        .map(|i| v1.check_in("team:1", &format!("活动{i}")))
+        .collect();
 
     // The server commits the push, but the acknowledgement never reaches the phone.
     let info = v1.store.enrollment().unwrap().unwrap();
-    let conn = Connection::connect(&info.server, tls::parse_fingerprint(&info.fingerprint).unwrap(), v1.store.identity())
-        .await
-        .unwrap();
-    let push = v1.store.pending().unwrap().into_iter().map(|p| p.push).collect();
+    let conn = Connection::connect(
+        &info.server,
+        tls::parse_fingerprint(&info.fingerprint).unwrap(),
+        v1.store.identity(),
+    )
+    .await
+    .unwrap();
+    let push = v1
+        .store
+        .pending()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.push)
+        .collect();
     let msg = ClientMsg::Sync {
         version: PROTOCOL_VERSION,
         push,
         cursors: vec![],
     };
-    assert!(matches!(conn.exchange(&msg).await.unwrap(), ServerMsg::SyncReply(_)));
+    assert!(matches!(
+        conn.exchange(&msg).await.unwrap(),
+        ServerMsg::SyncReply(_)
+    ));
     drop(conn);
     assert_eq!(server.records().len(), 20);
-    assert_eq!(v1.store.pending_count().unwrap(), 20, "not acknowledged on the phone");
+    assert_eq!(
+        v1.store.pending_count().unwrap(),
+        20,
+        "not acknowledged on the phone"
+    );
 
     // The phone runs the round again: everything is acknowledged, nothing is stored twice.
     let report = v1.sync().await.unwrap();
@@ -193,7 +255,11 @@ async fn a_round_replayed_after_a_lost_acknowledgement_stores_nothing_twice() {
     assert_eq!(truth.len(), 20);
     for id in &ids {
         let uuid = uuid::Uuid::parse_str(id).unwrap();
-        assert_eq!(server.dir.store.receipts(uuid).unwrap().len(), 1, "one receipt per change set");
+        assert_eq!(
+            server.dir.store.receipts(uuid).unwrap().len(),
+            1,
+            "one receipt per change set"
+        );
     }
     v2.sync().await.unwrap();
     assert_eq!(v2.records().len(), 20);
