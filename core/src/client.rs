@@ -58,8 +58,6 @@ pub mod close {
     pub const DONE: u32 = 0;
     /// The device is unknown or revoked.
     pub const UNAUTHORIZED: u32 = 1;
-    /// The device exceeded its round rate.
-    pub const RATE_LIMITED: u32 = 2;
     /// The server is shutting down.
     pub const SHUTDOWN: u32 = 3;
 }
@@ -174,7 +172,6 @@ fn connection_error(server: &str, e: quinn::ConnectionError) -> ClientError {
             let message = String::from_utf8_lossy(&close.reason).to_string();
             let code = match u32::try_from(close.error_code.into_inner()) {
                 Ok(close::UNAUTHORIZED) => ErrorCode::Unauthorized,
-                Ok(close::RATE_LIMITED) => ErrorCode::RateLimited,
                 _ => ErrorCode::Internal,
             };
             ClientError::Refused { code, message }

@@ -40,7 +40,7 @@ impl Shared {
         }
     }
 
-    /// Whether `device` may start another round now (a sliding one-minute window).
+    /// Whether `device` may send another `Sync` now (a sliding one-minute window).
     fn admit_round(&self, device: &str) -> bool {
         let Ok(mut rounds) = self.rounds.lock() else {
             return true;
@@ -128,15 +128,6 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         return;
     }
     let mut ctx = ctx;
-    if let Some(c) = &ctx
-        && !shared.admit_round(&c.device_id)
-    {
-        conn.close(
-            close::RATE_LIMITED.into(),
-            b"too many sync rounds; try again in a minute",
-        );
-        return;
-    }
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -170,6 +161,16 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                 code: ErrorCode::Unauthorized,
                 message: "this device is not enrolled".into(),
             },
+            // Every Sync counts, so one long-lived connection cannot get around the limit.
+            (Ok(ClientMsg::Sync { .. }), Some(known)) if !shared.admit_round(&known.device_id) => {
+                ServerMsg::Error {
+                    code: ErrorCode::RateLimited,
+                    message: format!(
+                        "more than {} sync rounds in a minute; try again shortly",
+                        shared.limits.max_rounds_per_minute
+                    ),
+                }
+            }
             (Ok(msg), Some(known)) => serve_blocking(&shared, known.clone(), msg).await,
         };
         let frame = match protocol::encode_frame(&reply) {

@@ -267,3 +267,29 @@ async fn a_round_replayed_after_a_lost_acknowledgement_stores_nothing_twice() {
     assert_eq!(again.received, 0, "nothing is sent twice");
     server.running.take().unwrap().stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_beyond_the_per_minute_limit_are_refused_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let limits = fieldsync_core::protocol::Limits {
+        max_rounds_per_minute: 3,
+        ..Default::default()
+    };
+    let mut server = TestServer::start_with(root, limits);
+    let v1 = server.phone(root, "v1", Role::Volunteer, &["team:1"]).await;
+    for _ in 0..3 {
+        v1.sync().await.unwrap();
+    }
+    let id = v1.check_in("team:1", "清洁家园");
+    match v1.sync().await {
+        Err(fieldsync_core::client::ClientError::Refused { code, message }) => {
+            assert_eq!(code, fieldsync_core::protocol::ErrorCode::RateLimited);
+            assert!(message.contains("minute"), "{message}");
+        }
+        other => panic!("expected a rate-limit refusal, got {other:?}"),
+    }
+    assert_eq!(v1.store.pending_count().unwrap(), 1);
+    assert!(!server.records().contains_key(&id));
+    server.running.take().unwrap().stop().await;
+}
