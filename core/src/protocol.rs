@@ -90,7 +90,12 @@ pub enum ClientMsg {
 pub enum ServerMsg {
     Enrolled(Enrollment),
     SyncReply(SyncReply),
-    Docs(Vec<DocData>),
+    /// The wanted documents, in the order asked, up to a size budget; the last `unsent` wants
+    /// did not fit and are asked for again.
+    Docs {
+        docs: Vec<DocData>,
+        unsent: u32,
+    },
     /// The request as a whole was refused; nothing of it was stored.
     Error {
         code: ErrorCode,

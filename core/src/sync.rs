@@ -155,8 +155,15 @@ pub trait SyncBackend {
         limit: usize,
     ) -> Result<SyncReply, Self::Error>;
 
-    /// The changes of each wanted document that its holder lacks (readable ones only).
-    fn fetch(&mut self, ctx: &DeviceCtx, want: &[Want]) -> Result<Vec<DocData>, Self::Error>;
+    /// The changes of each wanted document that its holder lacks (readable ones only), in
+    /// order, stopping once `budget` bytes are reached (always at least one document); returns
+    /// them and how many wants at the end were not reached.
+    fn fetch(
+        &mut self,
+        ctx: &DeviceCtx,
+        want: &[Want],
+        budget: usize,
+    ) -> Result<(Vec<DocData>, usize), Self::Error>;
 }
 
 /// The server's answer to one request from an authenticated device.
@@ -222,8 +229,13 @@ pub fn serve<B: SyncBackend>(
                     ),
                 );
             }
-            match backend.fetch(ctx, &want) {
-                Ok(docs) => ServerMsg::Docs(docs),
+            // Half the smaller cap leaves room for framing, whatever deflate achieves.
+            let budget = limits.max_frame_bytes.min(limits.max_inflated_bytes) / 2;
+            match backend.fetch(ctx, &want, budget) {
+                Ok((docs, unsent)) => ServerMsg::Docs {
+                    docs,
+                    unsent: u32::try_from(unsent).unwrap_or(u32::MAX),
+                },
                 Err(e) => error(ErrorCode::Internal, format!("storage failed: {e}")),
             }
         }
@@ -312,8 +324,14 @@ pub enum RoundError {
 #[derive(Debug)]
 enum State {
     AwaitSync,
-    AwaitHeads { reply: SyncReply },
-    AwaitDocs { cursors: Vec<Cursor>, more: bool },
+    AwaitHeads {
+        reply: SyncReply,
+    },
+    AwaitDocs {
+        cursors: Vec<Cursor>,
+        more: bool,
+        want: Vec<Want>,
+    },
     Finished,
 }
 
@@ -375,18 +393,37 @@ impl ClientRound {
                 if want.is_empty() {
                     return Ok(self.after_apply(Vec::new(), reply.cursors, reply.more));
                 }
-                self.state = State::AwaitDocs {
-                    cursors: reply.cursors,
-                    more: reply.more,
-                };
-                self.report.exchanges += 1;
-                Ok(vec![Effect::Send(ClientMsg::Fetch {
-                    version: PROTOCOL_VERSION,
-                    want,
-                })])
+                Ok(vec![self.fetch(reply.cursors, reply.more, want)])
             }
-            (State::AwaitDocs { cursors, more }, Input::Reply(ServerMsg::Docs(docs))) => {
-                Ok(self.after_apply(docs, cursors, more))
+            (
+                State::AwaitDocs {
+                    cursors,
+                    more,
+                    want,
+                },
+                Input::Reply(ServerMsg::Docs { docs, unsent }),
+            ) => {
+                let unsent = usize::try_from(unsent).unwrap_or(usize::MAX);
+                if unsent == 0 {
+                    return Ok(self.after_apply(docs, cursors, more));
+                }
+                if docs.is_empty() || unsent > want.len() {
+                    return Err(RoundError::Unexpected(format!(
+                        "{} documents returned with {unsent} of {} unsent",
+                        docs.len(),
+                        want.len()
+                    )));
+                }
+                // Too much for one reply: apply this part now (cursors only at the very end).
+                self.report.received += docs.len();
+                let rest = want[want.len() - unsent..].to_vec();
+                Ok(vec![
+                    Effect::Apply {
+                        docs,
+                        cursors: Vec::new(),
+                    },
+                    self.fetch(cursors, more, rest),
+                ])
             }
             (state, input) => Err(RoundError::Unexpected(format!("{input:?} while {state:?}"))),
         }
@@ -433,6 +470,20 @@ impl ClientRound {
             self.state = State::AwaitHeads { reply };
         }
         Ok(effects)
+    }
+
+    fn fetch(&mut self, cursors: Vec<Cursor>, more: bool, want: Vec<Want>) -> Effect {
+        self.report.exchanges += 1;
+        let msg = ClientMsg::Fetch {
+            version: PROTOCOL_VERSION,
+            want: want.clone(),
+        };
+        self.state = State::AwaitDocs {
+            cursors,
+            more,
+            want,
+        };
+        Effect::Send(msg)
     }
 
     fn after_apply(&mut self, docs: Vec<DocData>, cursors: Vec<Cursor>, more: bool) -> Vec<Effect> {

@@ -98,8 +98,14 @@ impl SyncBackend for MemoryBackend {
         })
     }
 
-    fn fetch(&mut self, ctx: &DeviceCtx, want: &[Want]) -> Result<Vec<DocData>, String> {
-        want.iter()
+    fn fetch(
+        &mut self,
+        ctx: &DeviceCtx,
+        want: &[Want],
+        _budget: usize,
+    ) -> Result<(Vec<DocData>, usize), String> {
+        let docs = want
+            .iter()
             .filter_map(|w| self.docs.get(&w.id).map(|(d, _, _)| (w, d)))
             .filter(|(_, d)| ctx.may_read(&d.scope))
             .map(|(w, d)| {
@@ -110,7 +116,8 @@ impl SyncBackend for MemoryBackend {
                     bytes: sync::changes_for(d, &w.have)?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok((docs, 0))
     }
 }
 

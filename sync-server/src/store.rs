@@ -524,12 +524,21 @@ impl ServerStore {
 
     /// The changes of each wanted record that the device lacks; records it may not read are
     /// left out.
-    pub fn fetch(&self, ctx: &DeviceCtx, want: &[Want]) -> Result<Vec<DocData>, StoreError> {
+    pub fn fetch(
+        &self,
+        ctx: &DeviceCtx,
+        want: &[Want],
+        budget: usize,
+    ) -> Result<(Vec<DocData>, usize), StoreError> {
         let tx = self.db.begin_read()?;
         let docs = tx.open_table(DOCS)?;
         let index = tx.open_table(INDEX)?;
         let mut out = Vec::with_capacity(want.len());
-        for w in want {
+        let mut size = 0;
+        for (i, w) in want.iter().enumerate() {
+            if size >= budget && !out.is_empty() {
+                return Ok((out, want.len() - i));
+            }
             let key = Uuid::from_bytes(w.id).as_u128();
             let Some(entry) = index
                 .get(key)?
@@ -550,6 +559,7 @@ impl ServerStore {
                 bytes,
             };
             let bytes = sync::changes_for(&stored, &w.have).map_err(StoreError::Corrupt)?;
+            size += bytes.len();
             out.push(DocData {
                 id: w.id,
                 kind: stored.kind,
@@ -557,7 +567,7 @@ impl ServerStore {
                 bytes,
             });
         }
-        Ok(out)
+        Ok((out, 0))
     }
 }
 
@@ -706,8 +716,13 @@ impl SyncBackend for Backend<'_> {
         self.store.changes_since(ctx, cursors, limit)
     }
 
-    fn fetch(&mut self, ctx: &DeviceCtx, want: &[Want]) -> Result<Vec<DocData>, StoreError> {
-        self.store.fetch(ctx, want)
+    fn fetch(
+        &mut self,
+        ctx: &DeviceCtx,
+        want: &[Want],
+        budget: usize,
+    ) -> Result<(Vec<DocData>, usize), StoreError> {
+        self.store.fetch(ctx, want, budget)
     }
 }
 

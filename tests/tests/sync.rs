@@ -293,3 +293,35 @@ async fn rounds_beyond_the_per_minute_limit_are_refused_and_change_nothing() {
     assert!(!server.records().contains_key(&id));
     server.running.take().unwrap().stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_larger_than_one_reply_arrives_in_several_fetches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let limits = fieldsync_core::protocol::Limits {
+        max_frame_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    let mut server = TestServer::start_with(root, limits);
+    let v1 = server.phone(root, "v1", Role::Volunteer, &["team:1"]).await;
+    let v2 = server.phone(root, "v2", Role::Volunteer, &["team:1"]).await;
+    for i in 0..200 {
+        v1.check_in("team:1", &format!("第{i}次活动"));
+    }
+    assert_eq!(v1.sync().await.unwrap().sent, 200);
+    let report = v2.sync().await.unwrap();
+    assert_eq!(report.received, 200);
+    assert!(
+        report.exchanges >= 3,
+        "sync, then at least two fetches: {} exchanges",
+        report.exchanges
+    );
+    assert_eq!(v2.records(), server.records());
+    let again = v2.sync().await.unwrap();
+    assert_eq!(
+        (again.received, again.exchanges),
+        (0, 1),
+        "cursors stored after the last page"
+    );
+    server.running.take().unwrap().stop().await;
+}
