@@ -133,6 +133,20 @@ impl Phone {
         self.store.update(id, &owned(fields)).expect("update");
     }
 
+    /// A raw protocol connection as this phone, to send hand-made messages.
+    pub async fn connect(&self) -> client::Connection {
+        let info = self
+            .store
+            .enrollment()
+            .expect("enrollment")
+            .expect("enrolled");
+        let pinned =
+            fieldsync_core::tls::parse_fingerprint(&info.fingerprint).expect("fingerprint");
+        client::Connection::connect(&info.server, pinned, self.store.identity())
+            .await
+            .expect("connect")
+    }
+
     pub async fn sync(&self) -> Result<RoundReport, ClientError> {
         client::sync(&self.store, &mut |_, _| {})
             .await

@@ -3,10 +3,8 @@
 
 use automerge::transaction::Transactable;
 use fieldsync_core::Role;
-use fieldsync_core::client::Connection;
 use fieldsync_core::model::{FieldValue, Kind};
 use fieldsync_core::protocol::{ClientMsg, Outcome, PROTOCOL_VERSION, PushDoc, ServerMsg};
-use fieldsync_core::tls;
 use fieldsync_tests::{TestServer, check_in_fields, text};
 
 fn survey_fields(village: &str) -> Vec<(&'static str, FieldValue)> {
@@ -173,14 +171,7 @@ async fn a_change_under_another_devices_actor_is_refused() {
         .iter()
         .flat_map(|c| c.raw_bytes().to_vec())
         .collect();
-    let info = v1.store.enrollment().unwrap().unwrap();
-    let conn = Connection::connect(
-        &info.server,
-        tls::parse_fingerprint(&info.fingerprint).unwrap(),
-        v1.store.identity(),
-    )
-    .await
-    .unwrap();
+    let conn = v1.connect().await;
     let msg = ClientMsg::Sync {
         version: PROTOCOL_VERSION,
         push: vec![PushDoc {
@@ -215,14 +206,7 @@ async fn a_round_replayed_after_a_lost_acknowledgement_stores_nothing_twice() {
         .collect();
 
     // The server commits the push, but the acknowledgement never reaches the phone.
-    let info = v1.store.enrollment().unwrap().unwrap();
-    let conn = Connection::connect(
-        &info.server,
-        tls::parse_fingerprint(&info.fingerprint).unwrap(),
-        v1.store.identity(),
-    )
-    .await
-    .unwrap();
+    let conn = v1.connect().await;
     let push = v1
         .store
         .pending()
