@@ -49,6 +49,9 @@ pub struct Limits {
     pub max_doc_bytes: usize,
     /// Most sync rounds one device may start per minute.
     pub max_rounds_per_minute: u32,
+    /// Most refused enrollment attempts from one network address per minute, so one-time
+    /// codes cannot be guessed by trying.
+    pub max_enroll_failures_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             max_ops_per_change: 10_000,
             max_doc_bytes: 4 << 20,
             max_rounds_per_minute: 120,
+            max_enroll_failures_per_minute: 10,
         }
     }
 }

@@ -26,6 +26,7 @@ pub struct Shared {
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     rounds: Mutex<HashMap<String, Vec<Instant>>>,
+    enroll_failures: Mutex<HashMap<std::net::IpAddr, Vec<Instant>>>,
 }
 
 impl Shared {
@@ -37,23 +38,58 @@ impl Shared {
             limits,
             metrics,
             rounds: Mutex::new(HashMap::new()),
+            enroll_failures: Mutex::new(HashMap::new()),
         }
     }
 
     /// Whether `device` may send another `Sync` now (a sliding one-minute window).
     fn admit_round(&self, device: &str) -> bool {
-        let Ok(mut rounds) = self.rounds.lock() else {
-            return true;
-        };
-        let now = Instant::now();
-        let recent = rounds.entry(device.to_string()).or_default();
-        recent.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
-        if recent.len() >= self.limits.max_rounds_per_minute as usize {
-            return false;
-        }
-        recent.push(now);
-        true
+        admit(
+            &self.rounds,
+            device.to_string(),
+            self.limits.max_rounds_per_minute,
+            true,
+        )
     }
+
+    /// Whether `ip` may try another enrollment code now.
+    fn admit_enroll(&self, ip: std::net::IpAddr) -> bool {
+        admit(
+            &self.enroll_failures,
+            ip,
+            self.limits.max_enroll_failures_per_minute,
+            false,
+        )
+    }
+
+    fn enroll_failed(&self, ip: std::net::IpAddr) {
+        if let Ok(mut failures) = self.enroll_failures.lock() {
+            failures.entry(ip).or_default().push(Instant::now());
+        }
+    }
+}
+
+/// A sliding one-minute window per key: whether one more event is allowed, counting it if
+/// `count` (failures are counted only once they happen).
+fn admit<K: std::hash::Hash + Eq>(
+    window: &Mutex<HashMap<K, Vec<Instant>>>,
+    key: K,
+    limit: u32,
+    count: bool,
+) -> bool {
+    let Ok(mut events) = window.lock() else {
+        return false;
+    };
+    let now = Instant::now();
+    let recent = events.entry(key).or_default();
+    recent.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+    if recent.len() >= limit as usize {
+        return false;
+    }
+    if count {
+        recent.push(now);
+    }
+    true
 }
 
 /// How long one request may take to arrive; a stalled sender does not hold a slot forever.
@@ -128,6 +164,7 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         return;
     }
     let mut ctx = ctx;
+    let remote_ip = conn.remote_address().ip();
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -150,10 +187,25 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                     message: e.to_string(),
                 }
             }
+            (Ok(ClientMsg::Enroll { .. }), None) if !shared.admit_enroll(remote_ip) => {
+                ServerMsg::Error {
+                    code: ErrorCode::RateLimited,
+                    message:
+                        "too many refused enrollment codes from this address; try again in a minute"
+                            .into(),
+                }
+            }
             (Ok(ClientMsg::Enroll { version, code }), None) => {
                 let reply = enroll(&shared, &device_id, version, &code).await;
-                if let ServerMsg::Enrolled(_) = reply {
-                    ctx = shared.store.device_ctx(&device_id).ok().flatten();
+                match reply {
+                    ServerMsg::Enrolled(_) => {
+                        ctx = shared.store.device_ctx(&device_id).ok().flatten()
+                    }
+                    ServerMsg::Error {
+                        code: ErrorCode::BadCode,
+                        ..
+                    } => shared.enroll_failed(remote_ip),
+                    _ => {}
                 }
                 reply
             }

@@ -309,3 +309,41 @@ async fn a_pull_larger_than_one_reply_arrives_in_several_fetches() {
     );
     server.running.take().unwrap().stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_enrollment_codes_is_cut_off() {
+    use fieldsync_core::client::{self, ClientError};
+    use fieldsync_core::protocol::ErrorCode;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let limits = fieldsync_core::protocol::Limits {
+        max_enroll_failures_per_minute: 3,
+        ..Default::default()
+    };
+    let mut server = TestServer::start_with(root, limits);
+    let good = server.code("v1", Role::Volunteer, &["team:1"]);
+    let phone = fieldsync_tests::Phone::open(&root.join("guesser"));
+    let (addr, fp) = (server.addr().to_string(), server.dir.fingerprint());
+    for guess in ["AAAAAAAAAA", "BBBBBBBBBB", "CCCCCCCCCC"] {
+        match client::enroll(&phone.store, &addr, &fp, guess).await {
+            Err(ClientError::Refused {
+                code: ErrorCode::BadCode,
+                ..
+            }) => {}
+            other => panic!("expected a bad-code refusal, got {other:?}"),
+        }
+    }
+    // Even the right code is not looked at once the address has failed too often.
+    match client::enroll(&phone.store, &addr, &fp, &good).await {
+        Err(ClientError::Refused {
+            code: ErrorCode::RateLimited,
+            message,
+        }) => {
+            assert!(message.contains("enrollment"), "{message}")
+        }
+        other => panic!("expected a rate-limit refusal, got {other:?}"),
+    }
+    assert!(phone.store.enrollment().unwrap().is_none());
+    assert!(server.dir.store.devices().unwrap().is_empty());
+    server.running.take().unwrap().stop().await;
+}
