@@ -187,10 +187,25 @@ pub struct Running {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
+    fatal: watch::Receiver<Option<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
+    /// Waits until storage fails in a way only a restart mends; returns what failed.
+    pub async fn storage_failed(&mut self) -> String {
+        match self.fatal.wait_for(Option::is_some).await {
+            Ok(failure) => failure.clone().unwrap_or_default(),
+            // The server is gone; nothing more will fail.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// The storage failure, if one happened.
+    pub fn failure(&self) -> Option<String> {
+        self.fatal.borrow().clone()
+    }
+
     /// Stops accepting, lets in-flight commits finish, and waits.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
@@ -213,13 +228,20 @@ pub fn start_store(
     let endpoint = bind(identity, addr, &limits)?;
     let local = endpoint.local_addr().map_err(io_err(Path::new("socket")))?;
     let metrics = Arc::new(Metrics::default());
-    let shared = Arc::new(session::Shared::new(store, limits, metrics.clone()));
+    let (fatal_tx, fatal) = watch::channel(None);
+    let shared = Arc::new(session::Shared::new(
+        store,
+        limits,
+        metrics.clone(),
+        fatal_tx,
+    ));
     let (shutdown, rx) = watch::channel(false);
     let task = tokio::spawn(session::run(endpoint, shared, rx));
     Ok(Running {
         addr: local,
         metrics,
         shutdown,
+        fatal,
         task,
     })
 }

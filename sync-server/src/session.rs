@@ -30,8 +30,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(store: ServerStore, limits: Limits, metrics: Arc<Metrics>) -> Shared {
-        let committer = Committer::start(store.clone(), limits.clone(), metrics.clone());
+    pub fn new(
+        store: ServerStore,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        fatal: watch::Sender<Option<String>>,
+    ) -> Shared {
+        let committer = Committer::start(store.clone(), limits.clone(), metrics.clone(), fatal);
         Shared {
             store,
             committer,

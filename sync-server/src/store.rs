@@ -74,6 +74,22 @@ pub enum StoreError {
 
 fieldsync_core::impl_from_redb!(StoreError);
 
+impl StoreError {
+    /// Whether the database must be closed and reopened before it accepts writes again (redb
+    /// refuses every write after an I/O error).
+    pub fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                redb::Error::Io(_)
+                    | redb::Error::PreviousIo
+                    | redb::Error::Backend(_)
+                    | redb::Error::Corrupted(_)
+            )
+        )
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct IndexEntry {
     kind: Kind,
@@ -621,7 +637,14 @@ const MAX_ROUNDS_PER_COMMIT: usize = 256;
 
 impl Committer {
     /// Starts the commit thread; it ends when every `Committer` handle is dropped.
-    pub fn start(store: ServerStore, limits: Limits, metrics: Arc<crate::Metrics>) -> Committer {
+    /// A storage failure that redb will not recover from without reopening the file is sent
+    /// on `fatal`, so the process can stop and be restarted rather than refuse rounds forever.
+    pub fn start(
+        store: ServerStore,
+        limits: Limits,
+        metrics: Arc<crate::Metrics>,
+        fatal: tokio::sync::watch::Sender<Option<String>>,
+    ) -> Committer {
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("fieldsync-commit".into())
@@ -650,6 +673,9 @@ impl Committer {
                         }
                         Err(e) => {
                             tracing::error!(error = %e, rounds = batch.len(), "commit failed; nothing acknowledged");
+                            if e.needs_reopen() {
+                                fatal.send_replace(Some(e.to_string()));
+                            }
                             for job in batch {
                                 let _ = job.reply.send(Err(e.to_string()));
                             }

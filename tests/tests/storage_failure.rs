@@ -90,7 +90,7 @@ async fn failed_commits_acknowledge_nothing_and_lose_nothing() {
     store
         .create_code(&user, "CODE", chrono::Utc::now().timestamp() + 600)
         .unwrap();
-    let server = fieldsync_server::start_store(
+    let mut server = fieldsync_server::start_store(
         store.clone(),
         &identity,
         "127.0.0.1:0".parse().unwrap(),
@@ -123,6 +123,10 @@ async fn failed_commits_acknowledge_nothing_and_lose_nothing() {
         other => panic!("expected a storage error, got {other:?}"),
     }
     assert_eq!(phone.store.pending_count().unwrap(), 5);
+    let failure = tokio::time::timeout(std::time::Duration::from_secs(5), server.storage_failed())
+        .await
+        .expect("the server reports the storage failure");
+    assert!(failure.contains("injected"), "{failure}");
 
     // The disk recovers, the server restarts on what the disk holds.
     server.stop().await;
