@@ -15,10 +15,10 @@
 //! round was complete before closing.
 //!
 //! Run: `cargo bench -p fieldsync-tests --bench morning_burst -- [--devices D] [--records R]
-//! [--teams T]` (defaults 100 × 100, 10 teams). Teammates share a scope, so each round also pulls
-//! down what the teammates that synced before it pushed; `--teams D` puts every device in a team
-//! of its own and measures the push path alone. Exits non-zero unless the server ends up holding
-//! exactly D × R records and accepted every push.
+//! [--teams T] [--server-process]` (defaults 100 × 100, 10 teams). Teammates share a scope, so
+//! each round also pulls down what the teammates that synced before it pushed; `--teams D` puts
+//! every device in a team of its own and measures the push path alone. Exits non-zero unless the
+//! server ends up holding exactly D × R records and accepted every push.
 //!
 //! Honest caveats, printed with the figures:
 //! - devices and server share this machine's cores, so the wall time includes the devices' own
@@ -27,12 +27,20 @@
 //!   the machine used during the burst (a busy machine slows the figures down);
 //! - peak RSS is this whole process (server and all simulated devices), measured from a reset of
 //!   the high-water mark just before the burst;
+//! - `--server-process` isolates the server: it builds the real `fieldsync-server` binary
+//!   (`cargo build --release`), issues the codes with `fieldsync-server init` / `enroll` and runs
+//!   `fieldsync-server serve` as a child process; the server's own CPU, VmRSS before and after
+//!   the burst and peak RSS (VmHWM, over the server's whole life) are then read from
+//!   `/proc/<pid>`, and the records it holds are counted with `fieldsync-server export` after it
+//!   stopped on SIGTERM (its commit counters are not visible from outside, so not reported);
 //! - the UDP byte counts are quinn's connection statistics and include the QUIC/TLS handshake
 //!   (certificates both ways) and the close; an empty round by an extra idle device is measured
 //!   after the burst as a baseline so the per-record marginal cost can be shown too.
 
 use std::error::Error;
-use std::path::Path;
+use std::io::{BufRead, BufReader, Lines};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
@@ -67,6 +75,8 @@ struct Args {
     devices: usize,
     records: usize,
     teams: usize,
+    /// Run the real server binary as a child process instead of in this process.
+    server_process: bool,
 }
 
 fn parse_args() -> BenchResult<Args> {
@@ -74,6 +84,7 @@ fn parse_args() -> BenchResult<Args> {
         devices: 100,
         records: 100,
         teams: 10,
+        server_process: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -86,10 +97,16 @@ fn parse_args() -> BenchResult<Args> {
             "--devices" | "-d" => &mut args.devices,
             "--records" | "-r" => &mut args.records,
             "--teams" | "-t" => &mut args.teams,
+            "--server-process" => {
+                args.server_process = true;
+                continue;
+            }
             "--help" | "-h" => {
                 println!(
                     "usage: cargo bench -p fieldsync-tests --bench morning_burst -- \
-                     [--devices D] [--records R] [--teams T]   (defaults 100, 100, 10)"
+                     [--devices D] [--records R] [--teams T] [--server-process]   \
+                     (defaults 100, 100, 10; --server-process runs the fieldsync-server binary \
+                     as a child process and reports its own CPU and memory)"
                 );
                 std::process::exit(0);
             }
@@ -143,39 +160,46 @@ fn run() -> BenchResult<bool> {
     let args = parse_args()?;
     let (d, r, teams) = (args.devices, args.records, args.teams);
     let root = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
-    let dir = DataDir::init(&root.path().join("server"))?;
-    let fingerprint = dir.fingerprint();
 
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name(SERVER_THREAD)
-        .build()
-        .map_err(|e| format!("server runtime: {e}"))?;
-    let running = {
-        let _in_runtime = server_rt.enter();
-        fieldsync_server::start(&dir, "127.0.0.1:0".parse()?, Limits::default())?
-    };
-    let addr = running.addr.to_string();
-    println!("morning burst: {d} devices × {r} check-ins, {teams} teams, server on {addr}");
-
-    // Enrollment: one volunteer per device, teams assigned round-robin.
-    let setup = Instant::now();
-    let expires = unix_now() + 24 * 3600;
-    let mut stores = Vec::with_capacity(d);
-    for i in 0..d {
-        let user = User {
+    // One volunteer per device, teams assigned round-robin, and one extra idle device in a team of
+    // its own for the baseline round after the burst. Their one-time codes are issued before the
+    // server starts: the server binary holds its redb file exclusively while it serves.
+    let mut users: Vec<User> = (0..d)
+        .map(|i| User {
             id: format!("vol-{i:04}"),
             name: format!("志愿者{i:04}"),
             role: Role::Volunteer,
             scopes: vec![format!("team:{}", i % teams)],
-        };
-        let code = format!("BURST{i:04}");
-        dir.store.create_code(&user, &code, expires)?;
+        })
+        .collect();
+    users.push(User {
+        id: "vol-idle".into(),
+        name: "空闲设备".into(),
+        role: Role::Volunteer,
+        scopes: vec!["team:idle".into()],
+    });
+    let server_dir = root.path().join("server");
+    let (server, codes) = if args.server_process {
+        Server::child(&server_dir, &users)?
+    } else {
+        Server::in_process(&server_dir, &users)?
+    };
+    let (addr, fingerprint) = (server.addr.clone(), server.fingerprint.clone());
+    println!(
+        "morning burst: {d} devices × {r} check-ins, {teams} teams, server on {addr} ({})",
+        server.describe()
+    );
+
+    // Enrollment of the D devices.
+    let setup = Instant::now();
+    let mut stores = Vec::with_capacity(d);
+    for (i, (user, code)) in users.iter().zip(&codes).take(d).enumerate() {
         let store = DeviceStore::open(&root.path().join(format!("device-{i:04}")))?;
-        let info = server_rt
-            .block_on(client::enroll(&store, &addr, &fingerprint, &code))
+        let info = server
+            .rt
+            .block_on(client::enroll(&store, &addr, &fingerprint, code))
             .map_err(|e| format!("enrolling device {i}: {e}"))?;
-        stores.push((Arc::new(store), info.user_id, user.name, i % teams));
+        stores.push((Arc::new(store), info.user_id, user.name.clone(), i % teams));
     }
     let enroll_secs = setup.elapsed().as_secs_f64();
 
@@ -200,14 +224,18 @@ fn run() -> BenchResult<bool> {
     // waits at `go`; in between, with every thread idle, the counters are read.
     gates.ready.wait();
     let record_secs = recording.elapsed().as_secs_f64();
-    let commits_before = metric(&running.metrics.commits);
-    let rounds_before = metric(&running.metrics.rounds);
-    let process_cpu_before = process_cpu_secs();
-    let commit_cpu_before = named_thread_cpu_secs(COMMIT_THREAD);
+    let self_proc = Path::new("/proc/self");
+    let server_proc = server.child_proc();
+    let server_proc = server_proc.as_deref();
+    let counters_before = server.counters();
+    let process_cpu_before = cpu_secs(self_proc);
+    let server_cpu_before = server_proc.and_then(cpu_secs);
+    let commit_cpu_before = named_thread_cpu_secs(server_proc.unwrap_or(self_proc), COMMIT_THREAD);
     let machine_before = machine_cpu();
     let udp_before = udp_counters();
     let rss_reset = reset_peak_rss();
-    let rss_before = proc_status_kb("VmRSS");
+    let rss_before = proc_status_kb(self_proc, "VmRSS");
+    let server_rss_before = server_proc.and_then(|p| proc_status_kb(p, "VmRSS"));
     gates.go.wait();
 
     let mut outcomes = Vec::with_capacity(d);
@@ -219,15 +247,25 @@ fn run() -> BenchResult<bool> {
             Err(_) => failures.push(format!("device {i}: thread panicked")),
         }
     }
-    let peak_rss = proc_status_kb("VmHWM");
-    let process_cpu = process_cpu_secs() - process_cpu_before;
-    let commit_cpu = named_thread_cpu_secs(COMMIT_THREAD) - commit_cpu_before;
+    let peak_rss = proc_status_kb(self_proc, "VmHWM");
+    let server_rss_after = server_proc.and_then(|p| proc_status_kb(p, "VmRSS"));
+    let server_peak_rss = server_proc.and_then(|p| proc_status_kb(p, "VmHWM"));
+    let process_cpu = cpu_secs(self_proc).unwrap_or(0.0) - process_cpu_before.unwrap_or(0.0);
+    // The child server's CPU during the burst; `None` when the server runs in this process.
+    let child_cpu = server_proc
+        .and_then(cpu_secs)
+        .zip(server_cpu_before)
+        .map(|(a, b)| a - b);
+    let commit_cpu =
+        named_thread_cpu_secs(server_proc.unwrap_or(self_proc), COMMIT_THREAD) - commit_cpu_before;
     let machine = machine_cpu()
         .zip(machine_before)
         .map(|(a, b)| (a.0 - b.0, a.1 - b.1));
     let udp_drops = udp_counters().zip(udp_before).map(|(a, b)| a - b);
-    let commits = metric(&running.metrics.commits) - commits_before;
-    let rounds = metric(&running.metrics.rounds) - rounds_before;
+    let counters = server
+        .counters()
+        .zip(counters_before)
+        .map(|(a, b)| (a.0 - b.0, a.1 - b.1));
     if !failures.is_empty() {
         for f in &failures {
             eprintln!("{f}");
@@ -237,25 +275,19 @@ fn run() -> BenchResult<bool> {
 
     // Baseline: an extra device with nothing to push in a team of its own runs one round; its
     // UDP bytes are the fixed cost of a round (handshake, certificates, one empty exchange, close).
-    let idle_user = User {
-        id: "vol-idle".into(),
-        name: "空闲设备".into(),
-        role: Role::Volunteer,
-        scopes: vec!["team:idle".into()],
-    };
-    dir.store.create_code(&idle_user, "BURSTIDLE", expires)?;
     let idle = DeviceStore::open(&root.path().join("device-idle"))?;
-    server_rt
-        .block_on(client::enroll(&idle, &addr, &fingerprint, "BURSTIDLE"))
+    server
+        .rt
+        .block_on(client::enroll(&idle, &addr, &fingerprint, &codes[d]))
         .map_err(|e| format!("enrolling the idle device: {e}"))?;
     let idle_started = Instant::now();
-    let (idle_report, (base_tx, base_rx)) = server_rt
+    let (idle_report, (base_tx, base_rx)) = server
+        .rt
         .block_on(client::sync(&idle, &mut |_, _| {}))
         .map_err(|e| format!("baseline round: {e}"))?;
     let idle_secs = idle_started.elapsed().as_secs_f64();
 
-    let held = dir.store.records(None, None)?.len();
-    server_rt.block_on(running.stop());
+    let held = server.finish()?;
 
     // Figures.
     let expected = d * r;
@@ -370,7 +402,10 @@ fn run() -> BenchResult<bool> {
     );
     t.row(
         "server durable commits (group commit)",
-        format!("{commits} commits for {rounds} rounds"),
+        match counters {
+            Some((commits, rounds)) => format!("{commits} commits for {rounds} rounds"),
+            None => "n/a (server in its own process)".into(),
+        },
     );
     t.head("bytes per pushed record");
     t.row(
@@ -400,11 +435,19 @@ fn run() -> BenchResult<bool> {
             idle_report.exchanges + 1
         ),
     );
-    t.head("resources during the burst (devices and server share this process)");
-    t.row(
-        "CPU, server side (process minus device threads)",
-        format!("{:.2} s", (process_cpu - device_cpu).max(0.0)),
-    );
+    match child_cpu {
+        Some(cpu) => {
+            t.head("resources during the burst (server in its own process)");
+            t.row("CPU, server process", format!("{cpu:.2} s"));
+        }
+        None => {
+            t.head("resources during the burst (devices and server share this process)");
+            t.row(
+                "CPU, server side (process minus device threads)",
+                format!("{:.2} s", (process_cpu - device_cpu).max(0.0)),
+            );
+        }
+    }
     t.row(
         "  of which the group-commit thread (serial)",
         format!("{commit_cpu:.2} s"),
@@ -415,7 +458,7 @@ fn run() -> BenchResult<bool> {
         match machine {
             Some((busy, iowait)) => format!(
                 "{:.2} s / {iowait:.2} s (of {:.2} s = wall × cores)",
-                (busy - process_cpu).max(0.0),
+                (busy - process_cpu - child_cpu.unwrap_or(0.0)).max(0.0),
                 wall * cores()
             ),
             None => "n/a".into(),
@@ -425,8 +468,26 @@ fn run() -> BenchResult<bool> {
         "UDP datagrams dropped by the kernel",
         udp_drops.map_or("n/a".into(), |n| n.to_string()),
     );
+    if server_proc.is_some() {
+        t.row(
+            "server process peak RSS (VmHWM, since it started)",
+            fmt_kb(server_peak_rss),
+        );
+        t.row(
+            "server process RSS (VmRSS) before / after the burst",
+            format!(
+                "{} / {}",
+                fmt_kb(server_rss_before),
+                fmt_kb(server_rss_after)
+            ),
+        );
+    }
     t.row(
-        "RSS before burst / peak during burst (whole process)",
+        if server_proc.is_some() {
+            "RSS before burst / peak during burst (bench: devices only)"
+        } else {
+            "RSS before burst / peak during burst (whole process)"
+        },
         format!(
             "{} / {}{}",
             fmt_kb(rss_before),
@@ -476,6 +537,253 @@ fn run() -> BenchResult<bool> {
         );
     }
     Ok(good)
+}
+
+/// The server under test: on a multi-threaded runtime in this process (default), or the real
+/// `fieldsync-server` binary as a child process (`--server-process`).
+struct Server {
+    addr: String,
+    fingerprint: String,
+    /// Runs the bench's own client calls (enrollment, the baseline round); in this process it is
+    /// also the server's runtime.
+    rt: tokio::runtime::Runtime,
+    kind: ServerKind,
+}
+
+enum ServerKind {
+    InProcess {
+        dir: DataDir,
+        running: fieldsync_server::Running,
+    },
+    Child(ChildServer),
+}
+
+impl Server {
+    /// Initialises `data`, issues one code per user and starts the server in this process.
+    fn in_process(data: &Path, users: &[User]) -> BenchResult<(Server, Vec<String>)> {
+        let dir = DataDir::init(data)?;
+        let expires = unix_now() + 24 * 3600;
+        let mut codes = Vec::with_capacity(users.len());
+        for (i, user) in users.iter().enumerate() {
+            let code = format!("BURST{i:04}");
+            dir.store.create_code(user, &code, expires)?;
+            codes.push(code);
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name(SERVER_THREAD)
+            .build()
+            .map_err(|e| format!("server runtime: {e}"))?;
+        let running = {
+            let _in_runtime = rt.enter();
+            fieldsync_server::start(&dir, "127.0.0.1:0".parse()?, Limits::default())?
+        };
+        let server = Server {
+            addr: running.addr.to_string(),
+            fingerprint: dir.fingerprint(),
+            rt,
+            kind: ServerKind::InProcess { dir, running },
+        };
+        Ok((server, codes))
+    }
+
+    /// Builds the server binary, runs `init` and one `enroll` per user on `data`, then starts
+    /// `serve` as a child process.
+    fn child(data: &Path, users: &[User]) -> BenchResult<(Server, Vec<String>)> {
+        let bin = build_server()?;
+        let data_arg = data.to_str().ok_or("temporary folder is not UTF-8")?;
+        let out = run_cli(&bin, &["init", "--data", data_arg])?;
+        let fingerprint = line_value(&out, "fingerprint:")?;
+        let mut codes = Vec::with_capacity(users.len());
+        for user in users {
+            let role = match user.role {
+                Role::Volunteer => "volunteer",
+                _ => return Err("the bench enrolls volunteers only".into()),
+            };
+            let mut args = vec![
+                "enroll", "--data", data_arg, "--user", &user.id, "--name", &user.name, "--role",
+                role,
+            ];
+            for scope in &user.scopes {
+                args.extend(["--scope", scope.as_str()]);
+            }
+            codes.push(line_value(&run_cli(&bin, &args)?, "code:")?);
+        }
+        let mut child = Command::new(&bin)
+            .args(["serve", "--data", data_arg, "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout from serve")?;
+        // From here on, dropping the `ChildServer` stops the process (on every error path too).
+        let mut server = ChildServer {
+            bin,
+            data: data.to_path_buf(),
+            child,
+            stdout: BufReader::new(stdout).lines(),
+        };
+        let addr = loop {
+            let line = server
+                .stdout
+                .next()
+                .ok_or("`fieldsync-server serve` exited before listening")??;
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.trim().to_string();
+            }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("client runtime: {e}"))?;
+        let server = Server {
+            addr,
+            fingerprint,
+            rt,
+            kind: ServerKind::Child(server),
+        };
+        Ok((server, codes))
+    }
+
+    fn describe(&self) -> String {
+        match &self.kind {
+            ServerKind::InProcess { .. } => "in this process".into(),
+            ServerKind::Child(c) => format!("{} serve, pid {}", c.bin.display(), c.child.id()),
+        }
+    }
+
+    /// `/proc/<pid>` of the child server; `None` when the server runs in this process.
+    fn child_proc(&self) -> Option<PathBuf> {
+        match &self.kind {
+            ServerKind::InProcess { .. } => None,
+            ServerKind::Child(c) => Some(PathBuf::from(format!("/proc/{}", c.child.id()))),
+        }
+    }
+
+    /// The server's (durable commits, rounds) counters, when it runs in this process.
+    fn counters(&self) -> Option<(u64, u64)> {
+        match &self.kind {
+            ServerKind::InProcess { running, .. } => Some((
+                metric(&running.metrics.commits),
+                metric(&running.metrics.rounds),
+            )),
+            ServerKind::Child(_) => None,
+        }
+    }
+
+    /// Stops the server and returns the number of records it holds.
+    fn finish(self) -> BenchResult<usize> {
+        match self.kind {
+            ServerKind::InProcess { dir, running } => {
+                let held = dir.store.records(None, None)?.len();
+                self.rt.block_on(running.stop());
+                Ok(held)
+            }
+            ServerKind::Child(mut c) => {
+                c.stop()?;
+                let data = c.data.to_str().ok_or("temporary folder is not UTF-8")?;
+                let out = run_cli(&c.bin, &["export", "--data", data, "--format", "json"])?;
+                let records: serde_json::Value = serde_json::from_str(&out)?;
+                let records = records
+                    .as_array()
+                    .ok_or("export did not print a JSON array")?;
+                Ok(records.len())
+            }
+        }
+    }
+}
+
+/// `fieldsync-server serve` running as a child process; dropped, it is stopped with SIGTERM.
+struct ChildServer {
+    bin: PathBuf,
+    data: PathBuf,
+    child: Child,
+    /// Kept open so that the server never writes to a closed pipe.
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl ChildServer {
+    /// SIGTERM (the server's clean shutdown), then waits for it to exit.
+    fn stop(&mut self) -> BenchResult<()> {
+        if self.child.try_wait()?.is_none() {
+            let pid = self.child.id().to_string();
+            let term = Command::new("kill").args(["-s", "TERM", &pid]).status()?;
+            if !term.success() {
+                return Err(format!("kill -s TERM {pid} failed").into());
+            }
+        }
+        let status = self.child.wait()?;
+        if !status.success() {
+            return Err(format!("`fieldsync-server serve` exited with {status}").into());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// `cargo build --release` of the server binary (the bench itself runs in release); returns the
+/// executable's path as cargo reports it.
+fn build_server() -> BenchResult<PathBuf> {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "fieldsync-server",
+            "--bin",
+            "fieldsync-server",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running cargo build: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cargo build of fieldsync-server failed: {}", out.status).into());
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "fieldsync-server")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| "cargo build did not report the fieldsync-server executable".into())
+}
+
+/// Runs one `fieldsync-server` command to completion and returns its standard output.
+fn run_cli(bin: &Path, args: &[&str]) -> BenchResult<String> {
+    let out = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {}: {e}", bin.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`fieldsync-server {}` failed ({}): {}",
+            args.first().copied().unwrap_or_default(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The value after `prefix` on the first line of `out` that starts with it.
+fn line_value(out: &str, prefix: &str) -> BenchResult<String> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| format!("no `{prefix}` line in the output: {out}").into())
 }
 
 /// One phone: record offline, wait for the start signal, run one sync round.
@@ -650,17 +958,17 @@ fn thread_cpu_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// CPU time of this whole process (every thread, including exited ones), in seconds.
-fn process_cpu_secs() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
+/// CPU time of a whole process (every thread, including exited ones), in seconds; `proc` is
+/// `/proc/self` or `/proc/<pid>`.
+fn cpu_secs(proc: &Path) -> Option<f64> {
+    std::fs::read_to_string(proc.join("stat"))
         .ok()
         .and_then(|s| stat_cpu_secs(&s))
-        .unwrap_or(0.0)
 }
 
-/// CPU time of this process's live threads named `name`, in seconds.
-fn named_thread_cpu_secs(name: &str) -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+/// CPU time of a process's live threads named `name`, in seconds.
+fn named_thread_cpu_secs(proc: &Path, name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(proc.join("task")) else {
         return 0.0;
     };
     let mut total = 0.0;
@@ -710,8 +1018,9 @@ fn reset_peak_rss() -> bool {
     std::fs::write(Path::new("/proc/self/clear_refs"), b"5").is_ok()
 }
 
-fn proc_status_kb(key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// A `kB` line of `/proc/self/status` or `/proc/<pid>/status`, e.g. `VmRSS` or `VmHWM`.
+fn proc_status_kb(proc: &Path, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(proc.join("status")).ok()?;
     status.lines().find_map(|l| {
         let value = l.strip_prefix(key)?.strip_prefix(':')?;
         value.trim().trim_end_matches("kB").trim().parse().ok()
