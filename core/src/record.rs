@@ -295,13 +295,6 @@ impl Record {
         out
     }
 
-    /// True if the document holds every change in `heads`.
-    pub fn has_all(&mut self, heads: &[ChangeHash]) -> bool {
-        heads
-            .iter()
-            .all(|h| self.doc.get_change_by_hash(h).is_some())
-    }
-
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()
     }

@@ -201,11 +201,6 @@ impl Running {
         }
     }
 
-    /// The storage failure, if one happened.
-    pub fn failure(&self) -> Option<String> {
-        self.fatal.borrow().clone()
-    }
-
     /// Stops accepting, lets in-flight commits finish, and waits.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);

@@ -310,27 +310,26 @@ async fn read_request(
     limits: &Limits,
 ) -> Result<ClientMsg, protocol::ProtocolError> {
     let mut prefix = [0u8; LENGTH_PREFIX];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|e| protocol::ProtocolError::Truncated {
-            expected: LENGTH_PREFIX,
-            got: match e {
-                quinn::ReadExactError::FinishedEarly(n) => n,
-                _ => 0,
-            },
-        })?;
-    let len = protocol::frame_len(prefix, limits)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| protocol::ProtocolError::Truncated {
-            expected: len,
-            got: match e {
-                quinn::ReadExactError::FinishedEarly(n) => n,
-                _ => 0,
-            },
-        })?;
+    read_all(recv, &mut prefix).await?;
+    let mut body = vec![0u8; protocol::frame_len(prefix, limits)?];
+    read_all(recv, &mut body).await?;
     protocol::decode_body(&body, limits)
+}
+
+/// Fills `buf` from the stream; a stream that ends or breaks first is a truncated frame.
+async fn read_all(
+    recv: &mut quinn::RecvStream,
+    buf: &mut [u8],
+) -> Result<(), protocol::ProtocolError> {
+    recv.read_exact(buf)
+        .await
+        .map_err(|e| protocol::ProtocolError::Truncated {
+            expected: buf.len(),
+            got: match e {
+                quinn::ReadExactError::FinishedEarly(n) => n,
+                _ => 0,
+            },
+        })
 }
 
 fn peer_device_id(conn: &quinn::Connection) -> Option<String> {

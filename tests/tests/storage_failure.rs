@@ -74,6 +74,16 @@ impl redb::StorageBackend for FlakyDisk {
     }
 }
 
+/// The ids of every record the store holds, in id order.
+fn held_ids(store: &ServerStore) -> Vec<String> {
+    store
+        .records(None, None)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_commits_acknowledge_nothing_and_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -133,12 +143,7 @@ async fn failed_commits_acknowledge_nothing_and_lose_nothing() {
     drop(store);
     disk.fail.store(false, Ordering::SeqCst);
     let store = ServerStore::open_backend(disk.clone()).unwrap();
-    let held: Vec<String> = store
-        .records(None, None)
-        .unwrap()
-        .into_iter()
-        .map(|v| v.id)
-        .collect();
+    let held = held_ids(&store);
     assert_eq!(
         held, before,
         "what was acknowledged before the failure is all there, and only it"
@@ -151,12 +156,7 @@ async fn failed_commits_acknowledge_nothing_and_lose_nothing() {
     assert_eq!(phone.store.pending_count().unwrap(), 0);
     let mut expected: Vec<String> = before.into_iter().chain(during).collect();
     expected.sort();
-    let held: Vec<String> = store
-        .records(None, None)
-        .unwrap()
-        .into_iter()
-        .map(|v| v.id)
-        .collect();
+    let held = held_ids(&store);
     assert_eq!(held, expected, "everything once, nothing twice");
     server.stop().await;
 }
