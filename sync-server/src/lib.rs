@@ -3,7 +3,11 @@
 //! A data folder holds `fieldsync.redb`, the server key `server.key` (PKCS#8 DER) and its
 //! self-signed certificate `server.crt` (DER); devices pin the certificate's SHA-256.
 
+pub mod auth;
+pub mod enrollment;
 pub mod export;
+pub mod http;
+pub mod office;
 pub mod session;
 pub mod store;
 
@@ -123,6 +127,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub connections: AtomicU64,
+    pub connections_open: AtomicU64,
     pub rounds: AtomicU64,
     pub records_accepted: AtomicU64,
     pub records_refused: AtomicU64,
@@ -182,13 +187,17 @@ fn socket2_buffers(socket: std::net::UdpSocket) -> std::net::UdpSocket {
     sock.into()
 }
 
-/// A running server: its bound address and a handle to stop it.
+/// A running server: its bound addresses and a handle to stop it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The dashboard and API address, when HTTP is served.
+    pub http_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    pub shared: Arc<session::Shared>,
     shutdown: watch::Sender<bool>,
     fatal: watch::Receiver<Option<String>>,
     task: tokio::task::JoinHandle<()>,
+    http_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -205,6 +214,33 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        if let Some(http) = self.http_task {
+            let _ = http.await;
+        }
+    }
+}
+
+/// How to serve: where, and with which limits.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The QUIC sync address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The dashboard and API address; None serves no HTTP.
+    pub http: Option<SocketAddr>,
+    pub limits: Limits,
+    /// Cookies without `Secure`, for plain HTTP on a trusted network.
+    pub insecure_cookies: bool,
+}
+
+impl ServeOptions {
+    /// QUIC only, on `listen`, with default limits.
+    pub fn quic(listen: SocketAddr) -> ServeOptions {
+        ServeOptions {
+            listen,
+            http: None,
+            limits: Limits::default(),
+            insecure_cookies: false,
+        }
     }
 }
 
@@ -220,23 +256,63 @@ pub fn start_store(
     addr: SocketAddr,
     limits: Limits,
 ) -> Result<Running, DataError> {
-    let endpoint = bind(identity, addr, &limits)?;
+    let options = ServeOptions {
+        limits,
+        ..ServeOptions::quic(addr)
+    };
+    start_with(store, identity, options)
+}
+
+/// Starts the QUIC sync server and, if asked, the dashboard and API beside it.
+pub fn start_with(
+    store: ServerStore,
+    identity: &KeyAndCert,
+    options: ServeOptions,
+) -> Result<Running, DataError> {
+    let endpoint = bind(identity, options.listen, &options.limits)?;
     let local = endpoint.local_addr().map_err(io_err(Path::new("socket")))?;
+    let http_listener = match options.http {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(io_err(Path::new("http socket")))?;
+            Some(listener)
+        }
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let (fatal_tx, fatal) = watch::channel(None);
     let shared = Arc::new(session::Shared::new(
         store,
-        limits,
+        options.limits,
         metrics.clone(),
         fatal_tx,
     ));
     let (shutdown, rx) = watch::channel(false);
-    let task = tokio::spawn(session::run(endpoint, shared, rx));
+    let mut http_addr = None;
+    let http_task = match http_listener {
+        Some(listener) => {
+            http_addr = Some(listener.local_addr().map_err(io_err(Path::new("http socket")))?);
+            let state = Arc::new(http::HttpState {
+                shared: shared.clone(),
+                sync_addr: local,
+                fingerprint: hex::encode(tls::fingerprint(&identity.cert)),
+                secure_cookies: !options.insecure_cookies,
+            });
+            Some(tokio::spawn(http::run(listener, state, rx.clone())))
+        }
+        None => None,
+    };
+    let task = tokio::spawn(session::run(endpoint, shared.clone(), rx));
     Ok(Running {
         addr: local,
+        http_addr,
         metrics,
+        shared,
         shutdown,
         fatal,
         task,
+        http_task,
     })
 }

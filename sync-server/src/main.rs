@@ -6,11 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fieldsync_core::Role;
-use fieldsync_core::model::{Kind, check_scope};
-use fieldsync_core::protocol::Limits;
+use fieldsync_core::model::Kind;
 use fieldsync_server::export::{self, Format};
 use fieldsync_server::store::User;
-use fieldsync_server::{DataDir, DataError};
+use fieldsync_server::{DataDir, DataError, ServeOptions, auth};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +35,25 @@ enum Command {
         data: PathBuf,
         #[arg(long, default_value = "0.0.0.0:4433")]
         listen: SocketAddr,
+        /// Also serve the office dashboard and JSON API on this address (e.g. 127.0.0.1:8080).
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// Send login cookies without `Secure`: only for plain HTTP on a trusted network
+        /// (browsers accept secure cookies from localhost without it).
+        #[arg(long)]
+        insecure_cookies: bool,
+    },
+    /// Manage office and admin accounts (works while the server is stopped).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Issue an API token for an office or admin user; prints `token: <T>` once.
+    Token {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        user: String,
     },
     /// Issue a one-time code that enrolls one device for a user.
     Enroll {
@@ -79,6 +97,30 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add (or replace) an office or admin user with a password.
+    Add {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        role: StaffRoleArg,
+        /// Read the password from the first line of standard input (keeps it out of `ps`).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StaffRoleArg {
+    Office,
+    Admin,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum RoleArg {
     Volunteer,
@@ -117,7 +159,56 @@ fn run(cli: Cli) -> Result<(), String> {
             print_init(&dir);
             Ok(())
         }
-        Command::Serve { data, listen } => serve(data, listen),
+        Command::Serve {
+            data,
+            listen,
+            http,
+            insecure_cookies,
+        } => serve(
+            data,
+            ServeOptions {
+                http,
+                insecure_cookies,
+                ..ServeOptions::quic(listen)
+            },
+        ),
+        Command::User {
+            command:
+                UserCommand::Add {
+                    data,
+                    user,
+                    name,
+                    role,
+                    password_stdin: _,
+                },
+        } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|e| format!("reading the password from standard input: {e}"))?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            let role = match role {
+                StaffRoleArg::Office => Role::Office,
+                StaffRoleArg::Admin => Role::Admin,
+            };
+            let dir = open(&data)?;
+            let user = User {
+                id: user,
+                name,
+                role,
+                scopes: Vec::new(),
+            };
+            auth::add_staff(&dir.store, &user, password).map_err(|e| e.to_string())?;
+            println!("user: {} ({})", user.id, user.role);
+            Ok(())
+        }
+        Command::Token { data, user } => {
+            let dir = open(&data)?;
+            let token = auth::issue_token(&dir.store, &user, chrono::Utc::now().timestamp())
+                .map_err(|e| e.to_string())?;
+            println!("token: {token}");
+            Ok(())
+        }
         Command::Enroll {
             data,
             user,
@@ -132,27 +223,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 RoleArg::Office => Role::Office,
                 RoleArg::Admin => Role::Admin,
             };
-            for scope in &scopes {
-                let kind = if scope.starts_with("team:") {
-                    Kind::CheckIn
-                } else {
-                    Kind::VillageSurvey
-                };
-                check_scope(kind, scope).map_err(|e| e.to_string())?;
-            }
             let ttl = parse_duration(&expires)?;
             let dir = open(&data)?;
-            let code = new_code()?;
-            let expires_at = chrono::Utc::now().timestamp() + ttl;
             let user = User {
                 id: user,
                 name,
                 role,
                 scopes,
             };
-            dir.store
-                .create_code(&user, &code, expires_at)
-                .map_err(|e| e.to_string())?;
+            let code = fieldsync_server::enrollment::issue(&dir.store, &user, ttl)?.code;
             println!("code: {code}");
             println!("fingerprint: {}", dir.fingerprint());
             Ok(())
@@ -211,7 +290,7 @@ fn print_init(dir: &DataDir) {
     println!("fingerprint: {}", dir.fingerprint());
 }
 
-fn serve(data: PathBuf, listen: SocketAddr) -> Result<(), String> {
+fn serve(data: PathBuf, options: ServeOptions) -> Result<(), String> {
     let dir = if DataDir::is_initialised(&data) {
         DataDir::open(&data)
     } else {
@@ -229,15 +308,27 @@ fn serve(data: PathBuf, listen: SocketAddr) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let running =
-            fieldsync_server::start(&dir, listen, Limits::default()).map_err(|e| e.to_string())?;
+        let running = fieldsync_server::start_with(dir.store.clone(), &dir.identity, options)
+            .map_err(|e| e.to_string())?;
         println!("fingerprint: {}", dir.fingerprint());
         println!("listening on {}", running.addr);
+        if let Some(addr) = running.http_addr {
+            println!("dashboard on http://{addr}");
+        }
         tracing::info!(addr = %running.addr, "serving");
-        wait_for_signal().await;
+        let mut running = running;
+        // A storage failure that only a reopen mends ends the process with an error, so its
+        // supervisor restarts it instead of the server refusing every round from then on.
+        let failure = tokio::select! {
+            () = wait_for_signal() => None,
+            failure = running.storage_failed() => Some(failure),
+        };
         tracing::info!("shutting down");
         running.stop().await;
-        Ok(())
+        match failure {
+            None => Ok(()),
+            Some(failure) => Err(format!("storage failed, restart needed: {failure}")),
+        }
     })
 }
 
@@ -264,18 +355,6 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// A 10-character one-time code from an alphabet without look-alike characters.
-fn new_code() -> Result<String, String> {
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let mut bytes = [0u8; 10];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| "no system randomness".to_string())?;
-    Ok(bytes
-        .iter()
-        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
-        .collect())
 }
 
 /// Parses `30s`, `30m`, `24h` or `7d` into seconds.

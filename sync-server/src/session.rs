@@ -146,11 +146,32 @@ pub async fn run(
     endpoint.wait_idle().await;
 }
 
+/// Counts a connection as open for `/metrics` until it is dropped, however the handler ends.
+struct OpenConnection(Arc<Metrics>);
+
+impl OpenConnection {
+    fn count(metrics: &Arc<Metrics>) -> OpenConnection {
+        metrics
+            .connections_open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenConnection(metrics.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .connections_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     shared
         .metrics
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _open = OpenConnection::count(&shared.metrics);
     let Some(device_id) = peer_device_id(&conn) else {
         conn.close(close::UNAUTHORIZED.into(), b"no device certificate");
         return;

@@ -39,6 +39,12 @@ const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 /// One-time enrollment codes (JSON `Code`).
 const CODES: TableDefinition<&str, &[u8]> = TableDefinition::new("codes");
+/// Office and admin password hashes (PHC strings) by user id.
+const PASSWORDS: TableDefinition<&str, &str> = TableDefinition::new("passwords");
+/// Dashboard login sessions by the SHA-256 (hex) of their cookie secret (JSON `WebSession`).
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// API tokens by the SHA-256 (hex) of the token (JSON `ApiToken`).
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// Counters.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -126,6 +132,28 @@ pub struct Device {
     pub last_sync: Option<i64>,
 }
 
+/// A dashboard login: whose it is, its CSRF token and when it ends (Unix seconds).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WebSession {
+    pub user_id: String,
+    pub csrf: String,
+    pub expires_at: i64,
+}
+
+/// An API token for scripts; only its hash is stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub user_id: String,
+    pub created_at: i64,
+}
+
+/// A record's stored document with its fixed kind and scope.
+pub struct StoredRecord {
+    pub kind: Kind,
+    pub scope: String,
+    pub bytes: Vec<u8>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Code {
     user_id: String,
@@ -170,9 +198,10 @@ impl ServerStore {
         tx.open_table(FEED)?;
         tx.open_table(SCOPES)?;
         tx.open_table(RECEIPTS)?;
-        for t in [USERS, DEVICES, CODES] {
+        for t in [USERS, DEVICES, CODES, SESSIONS, TOKENS] {
             tx.open_table(t)?;
         }
+        tx.open_table(PASSWORDS)?;
         tx.open_table(META)?;
         tx.commit()?;
         Ok(ServerStore { db: Arc::new(db) })
@@ -194,6 +223,126 @@ impl ServerStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Adds or replaces a user (office and admin accounts have no devices, only passwords).
+    pub fn put_user(&self, user: &User) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(USERS)?
+            .insert(user.id.as_str(), json(user)?.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let users = tx.open_table(USERS)?;
+        users.get(id)?.map(|v| unjson(v.value())).transpose()
+    }
+
+    /// Every user, by id.
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(USERS)?;
+        table.iter()?.map(|e| unjson(e?.1.value())).collect()
+    }
+
+    /// Sets a user's password hash (a PHC string); the user must exist.
+    pub fn set_password(&self, user_id: &str, phc: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            if tx.open_table(USERS)?.get(user_id)?.is_none() {
+                return Err(StoreError::NotFound(format!("no user {user_id}")));
+            }
+            tx.open_table(PASSWORDS)?.insert(user_id, phc)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn password_hash(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(PASSWORDS)?;
+        Ok(table.get(user_id)?.map(|v| v.value().to_string()))
+    }
+
+    /// Stores a login session under the hash of its secret.
+    pub fn put_session(&self, secret_hash: &str, session: &WebSession) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(SESSIONS)?
+            .insert(secret_hash, json(session)?.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn session(&self, secret_hash: &str) -> Result<Option<WebSession>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SESSIONS)?;
+        table
+            .get(secret_hash)?
+            .map(|v| unjson(v.value()))
+            .transpose()
+    }
+
+    pub fn delete_session(&self, secret_hash: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(SESSIONS)?.remove(secret_hash)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores an API token under its hash; the user must exist.
+    pub fn put_token(&self, token_hash: &str, token: &ApiToken) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            if tx.open_table(USERS)?.get(token.user_id.as_str())?.is_none() {
+                return Err(StoreError::NotFound(format!("no user {}", token.user_id)));
+            }
+            tx.open_table(TOKENS)?
+                .insert(token_hash, json(token)?.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn token(&self, token_hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(TOKENS)?;
+        table
+            .get(token_hash)?
+            .map(|v| unjson(v.value()))
+            .transpose()
+    }
+
+    /// A record's stored Automerge document, for history and office changes.
+    pub fn stored_record(&self, id: Uuid) -> Result<Option<StoredRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let index = tx.open_table(INDEX)?;
+        let docs = tx.open_table(DOCS)?;
+        let key = id.as_u128();
+        let Some(entry) = index
+            .get(key)?
+            .map(|v| unpostcard::<IndexEntry>(v.value()))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let bytes = docs
+            .get(key)?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(|| StoreError::Corrupt(format!("record {id} has no document")))?;
+        Ok(Some(StoredRecord {
+            kind: entry.kind,
+            scope: entry.scope,
+            bytes,
+        }))
+    }
+
+    /// One record's projection.
+    pub fn record_view(&self, id: Uuid) -> Result<Option<RecordView>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let views = tx.open_table(VIEWS)?;
+        views.get(id.as_u128())?.map(|v| unjson(v.value())).transpose()
     }
 
     /// Consumes a code for a device, durably; a code enrolls one device, once.

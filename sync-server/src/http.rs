@@ -1,0 +1,632 @@
+//! The office's HTTP side: the JSON API, streamed exports, `/metrics`, and the dashboard pages
+//! (in [`pages`]), served beside the QUIC sync server from the same store.
+//!
+//! Who is asking: scripts send `Authorization: Bearer <token>`; browsers carry a login session
+//! cookie. A request with a session cookie that changes anything must also carry the session's
+//! CSRF token (a hidden form field, or the `X-CSRF-Token` header for API calls); a bearer token
+//! cannot be sent by a browser on its own, so it needs none. Unauthenticated requests get 401,
+//! the wrong role 403, bad input 400 with a message; none of them change anything.
+
+pub mod pages;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum_extra::extract::cookie::CookieJar;
+use bytes::Bytes;
+use fieldsync_core::access::Role;
+use fieldsync_core::model::Kind;
+use fieldsync_core::record::RecordView;
+use serde::Deserialize;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::auth::{self, AuthError};
+use crate::export::{self, Format};
+use crate::office::{self, HoursBy, OfficeError, RecordFilter, Verdict};
+use crate::session::Shared;
+use crate::store::{StoreError, User, WebSession};
+
+/// The login session cookie.
+pub const SESSION_COOKIE: &str = "fs_session";
+/// Most records one list request returns.
+pub const MAX_LIST: usize = 5_000;
+/// Most bytes of a request body (forms and JSON are small).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler shares.
+pub struct HttpState {
+    pub shared: Arc<Shared>,
+    /// The QUIC address devices are told to use in enrollment QR codes.
+    pub sync_addr: SocketAddr,
+    /// The server certificate's SHA-256, which devices pin.
+    pub fingerprint: String,
+    /// Whether cookies carry `Secure` (off only with `--insecure-cookies`, for plain HTTP on a
+    /// trusted network; browsers accept secure cookies from `localhost` over plain HTTP).
+    pub secure_cookies: bool,
+}
+
+type AppState = Arc<HttpState>;
+
+/// Serves the dashboard and the API on `listener` until `shutdown` turns true.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = router(state);
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        tracing::error!(error = %e, "the HTTP server stopped");
+    }
+}
+
+/// Every route of the dashboard, the API, the export and the metrics.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/records", get(api_records))
+        .route("/api/records/{id}", get(api_record))
+        .route("/api/records/{id}/review", post(api_review))
+        .route("/api/records/{id}/resolve", post(api_resolve))
+        .route("/api/hours", get(api_hours))
+        .route("/api/villages", get(api_villages))
+        .route("/api/devices", get(api_devices))
+        .route("/api/devices/{id}/revoke", post(api_revoke))
+        .route("/export", get(export_records))
+        .route("/metrics", get(metrics))
+        .merge(pages::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// An error answered as JSON `{"error": message}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn unauthenticated() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "log in, or send `Authorization: Bearer <token>`",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, error = %self.message, "request failed");
+        }
+        let body = serde_json::json!({ "error": self.message });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        match e {
+            AuthError::BadCredentials => ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()),
+            AuthError::NotStaff(..) | AuthError::WeakPassword => {
+                ApiError::bad_request(e.to_string())
+            }
+            AuthError::Crypto(_) | AuthError::Store(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
+impl From<OfficeError> for ApiError {
+    fn from(e: OfficeError) -> ApiError {
+        let status = match &e {
+            OfficeError::NotFound(_) => StatusCode::NOT_FOUND,
+            OfficeError::Invalid(_) => StatusCode::BAD_REQUEST,
+            OfficeError::Forbidden(_) => StatusCode::FORBIDDEN,
+            OfficeError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// How the caller proved who they are.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// An API token: no CSRF check needed.
+    Token,
+    /// A browser session, with its CSRF token and cookie secret.
+    Session { session: WebSession, secret: String },
+}
+
+/// An authenticated office or admin user.
+#[derive(Clone, Debug)]
+pub struct Staff {
+    pub user: User,
+    pub credential: Credential,
+}
+
+impl Staff {
+    /// The session's CSRF token; empty for token callers (who post no forms).
+    pub fn csrf(&self) -> &str {
+        match &self.credential {
+            Credential::Session { session, .. } => &session.csrf,
+            Credential::Token => "",
+        }
+    }
+
+    /// Refuses a state-changing request from a browser session without the right CSRF token.
+    pub fn check_csrf(&self, sent: Option<&str>) -> Result<(), ApiError> {
+        match &self.credential {
+            Credential::Token => Ok(()),
+            Credential::Session { session, .. } => match sent {
+                Some(sent) if auth::same_secret(sent, &session.csrf) => Ok(()),
+                _ => Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong CSRF token; reload the page and try again",
+                )),
+            },
+        }
+    }
+
+    /// Refuses unless the user has `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.user.role == role {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("this needs the {role} role; {} is {}", self.user.id, self.user.role),
+            ))
+        }
+    }
+}
+
+/// Finds the caller from a bearer token or the session cookie; None if neither is valid.
+pub fn identify(state: &HttpState, headers: &HeaderMap) -> Result<Option<Staff>, ApiError> {
+    let store = &state.shared.store;
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(ApiError::unauthenticated)?;
+        return Ok(auth::token_user(store, token)?.map(|user| Staff {
+            user,
+            credential: Credential::Token,
+        }));
+    }
+    let jar = CookieJar::from_headers(headers);
+    let Some(secret) = jar.get(SESSION_COOKIE).map(|c| c.value().to_string()) else {
+        return Ok(None);
+    };
+    let now = chrono::Utc::now().timestamp();
+    Ok(auth::session_user(store, &secret, now)?.map(|(user, session)| Staff {
+        user,
+        credential: Credential::Session { session, secret },
+    }))
+}
+
+impl FromRequestParts<AppState> for Staff {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Staff, ApiError> {
+        identify(state, &parts.headers)?.ok_or_else(ApiError::unauthenticated)
+    }
+}
+
+/// Runs blocking store work (merges, commits, long reads) off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+/// Query of `GET /api/records` (and the records page).
+#[derive(Debug, Default, Deserialize)]
+pub struct RecordQuery {
+    pub kind: Option<String>,
+    pub scope: Option<String>,
+    pub status: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub q: Option<String>,
+    pub conflicted: Option<bool>,
+}
+
+impl RecordQuery {
+    /// The filter this query asks for; empty parameters are ignored.
+    pub fn filter(&self) -> Result<RecordFilter, ApiError> {
+        let given = |v: &Option<String>| v.as_ref().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let kind = given(&self.kind)
+            .map(|k| k.parse::<Kind>())
+            .transpose()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let status = given(&self.status);
+        if let Some(s) = &status
+            && !fieldsync_core::model::STATUSES.contains(&s.as_str())
+        {
+            return Err(ApiError::bad_request(format!(
+                "status must be one of {}, not `{s}`",
+                fieldsync_core::model::STATUSES.join(", ")
+            )));
+        }
+        for day in [&self.from, &self.to].into_iter().filter_map(given) {
+            if chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d").is_err() {
+                return Err(ApiError::bad_request(format!(
+                    "dates look like 2026-11-28, not `{day}`"
+                )));
+            }
+        }
+        Ok(RecordFilter {
+            kind,
+            scope: given(&self.scope),
+            status,
+            from: given(&self.from),
+            to: given(&self.to),
+            text: given(&self.q),
+            conflicted: self.conflicted.unwrap_or(false),
+        })
+    }
+}
+
+async fn api_records(
+    State(state): State<AppState>,
+    _staff: Staff,
+    Query(query): Query<RecordQuery>,
+) -> Result<axum::Json<Vec<RecordView>>, ApiError> {
+    let filter = query.filter()?;
+    let store = state.shared.store.clone();
+    let records = blocking(move || Ok(office::find_records(&store, &filter, MAX_LIST)?)).await?;
+    Ok(axum::Json(records))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::bad_request(format!("`{id}` is not a record id")))
+}
+
+async fn api_record(
+    State(state): State<AppState>,
+    _staff: Staff,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let store = state.shared.store.clone();
+    blocking(move || {
+        let view = store.record_view(id)?.ok_or(OfficeError::NotFound(id))?;
+        let history = office::history(&store, id)?.unwrap_or_default();
+        let mut json = serde_json::to_value(&view)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        if let Some(obj) = json.as_object_mut() {
+            obj.insert(
+                "history".into(),
+                serde_json::to_value(history).unwrap_or_default(),
+            );
+        }
+        Ok(axum::Json(json))
+    })
+    .await
+}
+
+/// The body of `POST /api/records/{id}/review`.
+#[derive(Debug, Deserialize)]
+pub struct ReviewBody {
+    pub status: String,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// The body of `POST /api/records/{id}/resolve`.
+#[derive(Debug, Deserialize)]
+pub struct ResolveBody {
+    pub field: String,
+    pub value: serde_json::Value,
+}
+
+fn csrf_header(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-csrf-token").and_then(|v| v.to_str().ok())
+}
+
+/// Parses a JSON body into `T`, answering 400 with serde's message.
+fn json_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
+}
+
+async fn api_review(
+    State(state): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<axum::Json<RecordView>, ApiError> {
+    staff.check_csrf(csrf_header(&headers))?;
+    staff.require(Role::Office)?;
+    let id = parse_id(&id)?;
+    let body: ReviewBody = json_body(&body)?;
+    let verdict = Verdict::parse(&body.status)?;
+    let view = blocking(move || {
+        let now = chrono::Utc::now().timestamp();
+        Ok(office::review(&state.shared, &staff.user, id, verdict, &body.note, now)?)
+    })
+    .await?;
+    Ok(axum::Json(view))
+}
+
+async fn api_resolve(
+    State(state): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<axum::Json<RecordView>, ApiError> {
+    staff.check_csrf(csrf_header(&headers))?;
+    staff.require(Role::Office)?;
+    let id = parse_id(&id)?;
+    let body: ResolveBody = json_body(&body)?;
+    let view = blocking(move || {
+        let now = chrono::Utc::now().timestamp();
+        Ok(office::resolve(&state.shared, &staff.user, id, &body.field, &body.value, now)?)
+    })
+    .await?;
+    Ok(axum::Json(view))
+}
+
+/// Query of `GET /api/hours`.
+#[derive(Debug, Default, Deserialize)]
+pub struct HoursQuery {
+    pub by: Option<String>,
+    pub month: Option<String>,
+}
+
+impl HoursQuery {
+    pub fn parse(&self) -> Result<(HoursBy, Option<String>), ApiError> {
+        let by = HoursBy::parse(self.by.as_deref().unwrap_or("volunteer"))?;
+        let month = self.month.clone().filter(|m| !m.is_empty());
+        Ok((by, month))
+    }
+}
+
+async fn api_hours(
+    State(state): State<AppState>,
+    _staff: Staff,
+    Query(query): Query<HoursQuery>,
+) -> Result<axum::Json<Vec<office::HoursRow>>, ApiError> {
+    let (by, month) = query.parse()?;
+    let store = state.shared.store.clone();
+    let rows = blocking(move || Ok(office::hours(&store, by, month.as_deref())?)).await?;
+    Ok(axum::Json(rows))
+}
+
+async fn api_villages(
+    State(state): State<AppState>,
+    _staff: Staff,
+) -> Result<axum::Json<Vec<office::VillageRow>>, ApiError> {
+    let store = state.shared.store.clone();
+    let rows = blocking(move || Ok(office::villages(&store)?)).await?;
+    Ok(axum::Json(rows))
+}
+
+async fn api_devices(
+    State(state): State<AppState>,
+    staff: Staff,
+) -> Result<axum::Json<Vec<crate::store::Device>>, ApiError> {
+    staff.require(Role::Admin)?;
+    Ok(axum::Json(state.shared.store.devices()?))
+}
+
+async fn api_revoke(
+    State(state): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    staff.check_csrf(csrf_header(&headers))?;
+    staff.require(Role::Admin)?;
+    revoke_device(&state, &id)?;
+    Ok(axum::Json(serde_json::json!({ "revoked": id })))
+}
+
+/// Revokes a device, answering 404 for an unknown one.
+pub fn revoke_device(state: &HttpState, device_id: &str) -> Result<(), ApiError> {
+    match state.shared.store.revoke(device_id) {
+        Ok(()) => {
+            tracing::info!(device = %device_id, "device revoked from the dashboard");
+            Ok(())
+        }
+        Err(StoreError::NotFound(m)) => Err(ApiError::new(StatusCode::NOT_FOUND, m)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Query of `GET /export`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ExportQuery {
+    pub kind: Option<String>,
+    pub scope: Option<String>,
+    pub format: Option<String>,
+}
+
+/// Bytes handed from the export thread to the response at a time.
+const EXPORT_CHUNK: usize = 64 * 1024;
+
+async fn export_records(
+    State(state): State<AppState>,
+    _staff: Staff,
+    Query(query): Query<ExportQuery>,
+) -> Result<Response, ApiError> {
+    let kind = query
+        .kind
+        .as_deref()
+        .filter(|k| !k.is_empty())
+        .map(str::parse::<Kind>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let format = match query.format.as_deref().unwrap_or("csv") {
+        "csv" => Format::Csv,
+        "json" => Format::Json,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "format must be csv or json, not `{other}`"
+            )));
+        }
+    };
+    let scope = query.scope.filter(|s| !s.is_empty());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let store = state.shared.store.clone();
+    // The export runs on its own blocking thread, writing chunks as the projections are read;
+    // the first bytes go out at once and memory stays at a few chunks, whatever the size.
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(EXPORT_CHUNK),
+        };
+        let result = export::export(&store, kind, scope.as_deref(), format, &mut out)
+            .map_err(std::io::Error::other)
+            .and_then(|_| std::io::Write::flush(&mut out));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "export stopped");
+            // Ends the body with an error, so the client sees a broken download, not a short one.
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let (content_type, ext) = match format {
+        Format::Csv => ("text/csv; charset=utf-8", "csv"),
+        Format::Json => ("application/json", "json"),
+    };
+    let name = format!(
+        "fieldsync-{}-{}.{ext}",
+        kind.map_or("records", Kind::as_str),
+        chrono::Utc::now().format("%Y%m%d-%H%M%S")
+    );
+    let mut response = axum::body::Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
+}
+
+/// A `Write` that sends full chunks to the response body; fails once the client has gone.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(EXPORT_CHUNK),
+        ));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= EXPORT_CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// Prometheus text format; counters since the server started. Carries no record data, so it
+/// is open like most scrape targets; put it behind the reverse proxy if that matters.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let m = &state.shared.metrics;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    };
+    metric(
+        "fieldsync_connections_total",
+        "counter",
+        "QUIC connections accepted.",
+        get(&m.connections).to_string(),
+    );
+    metric(
+        "fieldsync_connections_open",
+        "gauge",
+        "QUIC connections being served now.",
+        get(&m.connections_open).to_string(),
+    );
+    metric(
+        "fieldsync_rounds_total",
+        "counter",
+        "Pushes committed (device rounds and dashboard changes).",
+        get(&m.rounds).to_string(),
+    );
+    metric(
+        "fieldsync_records_accepted_total",
+        "counter",
+        "Pushed records accepted.",
+        get(&m.records_accepted).to_string(),
+    );
+    metric(
+        "fieldsync_records_refused_total",
+        "counter",
+        "Pushed records refused.",
+        get(&m.records_refused).to_string(),
+    );
+    let commits = get(&m.commits);
+    let seconds = get(&m.commit_micros_total) as f64 / 1e6;
+    out.push_str(&format!(
+        "# HELP fieldsync_commit_seconds Durable redb commits of grouped rounds.\n\
+         # TYPE fieldsync_commit_seconds summary\n\
+         fieldsync_commit_seconds_sum {seconds}\n\
+         fieldsync_commit_seconds_count {commits}\n"
+    ));
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        out,
+    )
+        .into_response()
+}
