@@ -279,6 +279,8 @@ async fn login_page(
 
 #[derive(Deserialize)]
 struct LoginForm {
+    /// A missing token is refused by the CSRF check (403), like a wrong one.
+    #[serde(default)]
     csrf: String,
     user: String,
     password: String,
@@ -319,6 +321,8 @@ async fn login(
 
 #[derive(Deserialize)]
 struct CsrfForm {
+    /// A missing token is refused by the CSRF check (403), like a wrong one.
+    #[serde(default)]
     csrf: String,
 }
 
@@ -517,10 +521,13 @@ fn resolve_controls(page: &PageStaff, view: &RecordView) -> Markup {
                 input type="hidden" name="csrf" value=(page.staff.csrf());
                 input type="hidden" name="field" value=(field);
                 strong { (field) } " "
-                @for (i, value) in values.iter().enumerate() {
-                    label { input type="radio" name="pick" value=(value.to_json().to_string()) checked[i == 0]; " " (value.to_cell()) } " "
+                // Nothing is chosen in advance: the concurrent values come in no meaningful
+                // order, and a value typed under "other" must not quietly keep another value
+                // because "other" was not also clicked. The browser asks for a choice.
+                @for value in values {
+                    label { input type="radio" name="pick" value=(value.to_json().to_string()) required; " " (value.to_cell()) } " "
                 }
-                label { input type="radio" name="pick" value="__typed"; " " (lang.t("其他：", "Other: ")) input name="typed"; }
+                label { input type="radio" name="pick" value="__typed" required; " " (lang.t("其他：", "Other: ")) input name="typed"; }
                 " " button type="submit" { (lang.t("以此为准", "Keep this value")) }
             }
         }
@@ -529,6 +536,8 @@ fn resolve_controls(page: &PageStaff, view: &RecordView) -> Markup {
 
 #[derive(Deserialize)]
 struct ReviewForm {
+    /// A missing token is refused by the CSRF check (403), like a wrong one.
+    #[serde(default)]
     csrf: String,
     status: String,
     #[serde(default)]
@@ -641,6 +650,8 @@ async fn conflicts_page(
 
 #[derive(Deserialize)]
 struct ResolveForm {
+    /// A missing token is refused by the CSRF check (403), like a wrong one.
+    #[serde(default)]
     csrf: String,
     field: String,
     pick: String,
@@ -879,6 +890,8 @@ fn qr_svg(payload: &str) -> Result<String, ApiError> {
 
 #[derive(Deserialize)]
 struct EnrollForm {
+    /// A missing token is refused by the CSRF check (403), like a wrong one.
+    #[serde(default)]
     csrf: String,
     user: String,
     name: String,
@@ -976,6 +989,8 @@ async fn users_page(State(state): State<AppState>, page: PageStaff) -> Result<Ma
 
 #[derive(Deserialize)]
 struct AddUserForm {
+    /// A missing token is refused by the CSRF check (403), like a wrong one.
+    #[serde(default)]
     csrf: String,
     user: String,
     name: String,
