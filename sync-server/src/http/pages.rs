@@ -294,7 +294,8 @@ async fn login(
 ) -> Result<(CookieJar, Redirect), PageError> {
     let lang = Lang::from_headers(&headers);
     let expected = jar.get(LOGIN_CSRF_COOKIE).map(|c| c.value().to_string());
-    if !expected.is_some_and(|e| auth::same_secret(&e, &form.csrf)) {
+    // An empty cookie matches an empty field; an empty token is no token.
+    if !expected.is_some_and(|e| !e.is_empty() && auth::same_secret(&e, &form.csrf)) {
         return Err(PageError(
             ApiError::new(StatusCode::FORBIDDEN, "missing or wrong CSRF token; reload the login page"),
             lang,
