@@ -142,6 +142,11 @@ fn change(
             user.id, user.role
         )));
     }
+    // One dashboard change at a time, each built on the version the previous one committed.
+    let _serial = shared
+        .office_changes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let stored = shared
         .store
         .stored_record(id)?

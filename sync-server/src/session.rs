@@ -27,6 +27,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     rounds: Mutex<HashMap<String, Vec<Instant>>>,
     enroll_failures: Mutex<HashMap<std::net::IpAddr, Vec<Instant>>>,
+    /// Held by a dashboard change from loading the record until its commit: each office user
+    /// writes under one fixed actor, so two changes built from the same stored version would
+    /// both claim that actor's next sequence number and the second would be refused.
+    pub office_changes: Mutex<()>,
 }
 
 impl Shared {
@@ -44,6 +48,7 @@ impl Shared {
             metrics,
             rounds: Mutex::new(HashMap::new()),
             enroll_failures: Mutex::new(HashMap::new()),
+            office_changes: Mutex::new(()),
         }
     }
 
