@@ -16,6 +16,9 @@ use fieldsync_core::sync::RoundReport;
 use fieldsync_server::store::User;
 use fieldsync_server::{DataDir, Running};
 
+/// The password of the staff accounts made by [`TestServer::start_http`].
+pub const PASSWORD: &str = "correct horse battery";
+
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// A server running in this process on 127.0.0.1:0 over real QUIC and a real redb file.
@@ -40,6 +43,48 @@ impl TestServer {
             running: Some(running),
             codes: 0,
         }
+    }
+
+    /// Like [`TestServer::start`], with the dashboard and API on 127.0.0.1:0 and two staff
+    /// accounts: office user `office` and admin user `admin`, both with password [`PASSWORD`].
+    pub fn start_http(root: &Path) -> TestServer {
+        let dir = DataDir::init(&root.join("server")).expect("init data folder");
+        for (id, name, role) in [("office", "办公室小李", Role::Office), ("admin", "管理员", Role::Admin)] {
+            let user = User {
+                id: id.into(),
+                name: name.into(),
+                role,
+                scopes: Vec::new(),
+            };
+            fieldsync_server::auth::add_staff(&dir.store, &user, PASSWORD).expect("staff user");
+        }
+        let options = fieldsync_server::ServeOptions {
+            http: Some("127.0.0.1:0".parse().expect("addr")),
+            ..fieldsync_server::ServeOptions::quic("127.0.0.1:0".parse().expect("addr"))
+        };
+        let running = fieldsync_server::start_with(dir.store.clone(), &dir.identity, options)
+            .expect("start server");
+        TestServer {
+            dir,
+            running: Some(running),
+            codes: 0,
+        }
+    }
+
+    /// The dashboard's base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn http_url(&self) -> String {
+        let addr = self
+            .running
+            .as_ref()
+            .and_then(|r| r.http_addr)
+            .expect("server started with start_http");
+        format!("http://{addr}")
+    }
+
+    /// A new API token for a staff user.
+    pub fn token(&self, user: &str) -> String {
+        fieldsync_server::auth::issue_token(&self.dir.store, user, chrono::Utc::now().timestamp())
+            .expect("token")
     }
 
     pub fn addr(&self) -> SocketAddr {
