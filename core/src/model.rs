@@ -18,7 +18,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// The value of one field, in the form it is shown outside (CLI, exports, bindings).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Serialised as the plain JSON value. Deserialised by a visitor rather than serde's untagged
+/// enums, which buffer every value and try each variant in turn: lists, exports and hours read
+/// every projection, so this is on the office's hot path.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum FieldValue {
     Bool(bool),
@@ -26,6 +30,54 @@ pub enum FieldValue {
     Number(f64),
     Text(String),
     TextList(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for FieldValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FieldValueVisitor)
+    }
+}
+
+struct FieldValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FieldValueVisitor {
+    type Value = FieldValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a bool, a number, text or a list of text")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<FieldValue, E> {
+        Ok(FieldValue::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<FieldValue, E> {
+        Ok(FieldValue::Integer(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<FieldValue, E> {
+        Ok(i64::try_from(v).map_or(FieldValue::Number(v as f64), FieldValue::Integer))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<FieldValue, E> {
+        Ok(FieldValue::Number(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<FieldValue, E> {
+        Ok(FieldValue::Text(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<FieldValue, E> {
+        Ok(FieldValue::Text(v))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FieldValue, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element::<String>()? {
+            items.push(item);
+        }
+        Ok(FieldValue::TextList(items))
+    }
 }
 
 impl FieldValue {
@@ -529,5 +581,28 @@ mod tests {
             validate_record(Kind::CheckIn, &c),
             Err(ValidationError::Derived("hours"))
         );
+    }
+
+    #[test]
+    fn field_values_read_back_from_json_as_written() {
+        let values = vec![
+            FieldValue::Bool(true),
+            FieldValue::Integer(-3),
+            FieldValue::Integer(7),
+            FieldValue::Number(2.5),
+            FieldValue::Text("大坪村".into()),
+            FieldValue::TextList(vec!["a".into(), "b".into()]),
+            FieldValue::TextList(vec![]),
+        ];
+        let json = serde_json::to_string(&values).expect("serialise");
+        let back: Vec<FieldValue> = serde_json::from_str(&json).expect("deserialise");
+        assert_eq!(back, values);
+        assert_eq!(
+            serde_json::from_str::<FieldValue>("18446744073709551615").expect("u64"),
+            FieldValue::Number(18446744073709551615.0)
+        );
+        for bad in ["null", "{}", "[1]", "[[\"a\"]]"] {
+            assert!(serde_json::from_str::<FieldValue>(bad).is_err(), "{bad} accepted");
+        }
     }
 }
