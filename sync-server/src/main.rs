@@ -314,6 +314,13 @@ fn serve(data: PathBuf, options: ServeOptions) -> Result<(), String> {
         println!("listening on {}", running.addr);
         if let Some(addr) = running.http_addr {
             println!("dashboard on http://{addr}");
+            let staff = dir.store.users().map_err(|e| e.to_string())?;
+            if !staff.iter().any(|u| matches!(u.role, Role::Office | Role::Admin)) {
+                println!(
+                    "no dashboard accounts yet: stop the server, then `fieldsync-server user add --data {} --user ID --name NAME --role admin --password-stdin`",
+                    dir.path.display()
+                );
+            }
         }
         tracing::info!(addr = %running.addr, "serving");
         let mut running = running;

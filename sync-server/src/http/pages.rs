@@ -349,6 +349,54 @@ fn kind_label(lang: Lang, kind: &str) -> &'static str {
     }
 }
 
+/// A field's Chinese name (DESIGN.md's field names stay the contract, shown beside it).
+fn field_label_zh(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "volunteer_id" => "志愿者编号",
+        "volunteer_name" => "志愿者",
+        "team" => "队伍",
+        "activity" => "活动",
+        "place" => "地点",
+        "lat" => "纬度",
+        "lon" => "经度",
+        "accuracy_m" => "定位精度(米)",
+        "started_at" => "开始时间",
+        "ended_at" => "结束时间",
+        "hours" => "时长(小时)",
+        "note" => "备注",
+        "status" => "状态",
+        "review_note" => "审核意见",
+        "reviewed_by" => "审核人",
+        "device_time" => "手机时间",
+        "village" => "村",
+        "household" => "农户",
+        "visitors" => "走访人",
+        "visited_at" => "走访时间",
+        "findings" => "发现问题",
+        "needs" => "需求",
+        "follow_ups" => "后续跟进",
+        "road_km_hardened" => "硬化道路(公里)",
+        "all_roads_hardened" => "道路全部硬化",
+        "bus_service" => "通客车",
+        "tap_water_pct" => "自来水普及率(%)",
+        "electricity_pct" => "通电率(%)",
+        "tv_coverage_pct" => "电视覆盖率(%)",
+        "broadband_mbps" => "宽带(Mbps)",
+        "standard_clinic" => "标准化卫生室",
+        "licensed_doctors" => "执业医生",
+        "school_sports_facilities" => "学校体育设施",
+        "collective_income_yuan" => "集体收入(元)",
+        _ => return None,
+    })
+}
+
+fn field_label(lang: Lang, field: &str) -> Markup {
+    match (lang, field_label_zh(field)) {
+        (Lang::Zh, Some(zh)) => html! { (zh) " " span.muted { (field) } },
+        _ => html! { (field) },
+    }
+}
+
 fn status_label(lang: Lang, status: &str) -> String {
     match status {
         "submitted" => lang.t("待审核", "submitted").to_string(),
@@ -463,11 +511,13 @@ async fn record_page(
             tr { th { (lang.t("字段", "Field")) } th { (lang.t("值", "Value")) } }
             @for (name, value) in &view.fields {
                 tr class=[view.conflicts.contains_key(name).then_some("conflict")] {
-                    td { (name) }
+                    td { (field_label(lang, name)) }
                     td {
                         @if let Some(all) = view.conflicts.get(name) {
                             strong { (lang.t("冲突：", "Conflict: ")) }
                             (all.iter().map(FieldValue::to_cell).collect::<Vec<_>>().join(" | "))
+                        } @else if name == "status" {
+                            (status_label(lang, &value.to_cell()))
                         } @else { (value.to_cell()) }
                     }
                 }
@@ -521,7 +571,7 @@ fn resolve_controls(page: &PageStaff, view: &RecordView) -> Markup {
             form.card.resolve method="post" action={"/resolve/" (view.id)} data-field=(field) {
                 input type="hidden" name="csrf" value=(page.staff.csrf());
                 input type="hidden" name="field" value=(field);
-                strong { (field) } " "
+                strong { (field_label(lang, field)) } " "
                 // Nothing is chosen in advance: the concurrent values come in no meaningful
                 // order, and a value typed under "other" must not quietly keep another value
                 // because "other" was not also clicked. The browser asks for a choice.
@@ -640,7 +690,7 @@ async fn conflicts_page(
                 p { a href={"/records/" (r.id)} { (kind_label(lang, &r.kind)) " · " (summary(r)) } " " span.muted { (r.scope) } }
                 @if can_act { (resolve_controls(&page, r)) } @else {
                     @for (field, values) in &r.conflicts {
-                        p { strong { (field) } ": " (values.iter().map(FieldValue::to_cell).collect::<Vec<_>>().join(" | ")) }
+                        p { strong { (field_label(lang, field)) } ": " (values.iter().map(FieldValue::to_cell).collect::<Vec<_>>().join(" | ")) }
                     }
                 }
             }
