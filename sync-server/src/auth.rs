@@ -158,7 +158,10 @@ pub fn new_secret() -> Result<String, AuthError> {
 }
 
 fn secret_hash(secret: &str) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()))
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        secret.as_bytes(),
+    ))
 }
 
 fn fill_random(bytes: &mut [u8]) -> Result<(), AuthError> {
@@ -204,7 +207,11 @@ mod tests {
             .expect("read")
             .expect("live session");
         assert_eq!(found.id, "li");
-        assert!(session_user(&store, &secret, session.expires_at).expect("read").is_none());
+        assert!(
+            session_user(&store, &secret, session.expires_at)
+                .expect("read")
+                .is_none()
+        );
         assert!(session_user(&store, "forged", 101).expect("read").is_none());
     }
 
@@ -221,7 +228,10 @@ mod tests {
         ));
         add_staff(&store, &staff("a", Role::Admin), "long enough").expect("add");
         let token = issue_token(&store, "a", 0).expect("token");
-        assert_eq!(token_user(&store, &token).expect("read").map(|u| u.id), Some("a".into()));
+        assert_eq!(
+            token_user(&store, &token).expect("read").map(|u| u.id),
+            Some("a".into())
+        );
         assert!(token_user(&store, "fst_nope").expect("read").is_none());
         assert!(issue_token(&store, "ghost", 0).is_err());
     }

@@ -87,7 +87,10 @@ mod tests {
     fn the_browser_host_replaces_an_unspecified_address_only() {
         let any: SocketAddr = "0.0.0.0:4433".parse().expect("addr");
         let one: SocketAddr = "10.0.0.5:4433".parse().expect("addr");
-        assert_eq!(server_address(any, Some("sync.example")), "sync.example:4433");
+        assert_eq!(
+            server_address(any, Some("sync.example")),
+            "sync.example:4433"
+        );
         assert_eq!(server_address(one, Some("sync.example")), "10.0.0.5:4433");
         assert_eq!(server_address(any, None), "0.0.0.0:4433");
     }

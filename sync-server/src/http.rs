@@ -65,7 +65,10 @@ pub async fn run(
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         tracing::error!(error = %e, "the HTTP server stopped");
     }
 }
@@ -203,7 +206,10 @@ impl Staff {
         } else {
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                format!("this needs the {role} role; {} is {}", self.user.id, self.user.role),
+                format!(
+                    "this needs the {role} role; {} is {}",
+                    self.user.id, self.user.role
+                ),
             ))
         }
     }
@@ -229,10 +235,12 @@ pub fn identify(state: &HttpState, headers: &HeaderMap) -> Result<Option<Staff>,
         return Ok(None);
     };
     let now = chrono::Utc::now().timestamp();
-    Ok(auth::session_user(store, &secret, now)?.map(|(user, session)| Staff {
-        user,
-        credential: Credential::Session { session, secret },
-    }))
+    Ok(
+        auth::session_user(store, &secret, now)?.map(|(user, session)| Staff {
+            user,
+            credential: Credential::Session { session, secret },
+        }),
+    )
 }
 
 impl FromRequestParts<AppState> for Staff {
@@ -267,7 +275,11 @@ pub struct RecordQuery {
 impl RecordQuery {
     /// The filter this query asks for; empty parameters are ignored.
     pub fn filter(&self) -> Result<RecordFilter, ApiError> {
-        let given = |v: &Option<String>| v.as_ref().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let given = |v: &Option<String>| {
+            v.as_ref()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
         let kind = given(&self.kind)
             .map(|k| k.parse::<Kind>())
             .transpose()
@@ -376,7 +388,14 @@ async fn api_review(
     let verdict = Verdict::parse(&body.status)?;
     let view = blocking(move || {
         let now = chrono::Utc::now().timestamp();
-        Ok(office::review(&state.shared, &staff.user, id, verdict, &body.note, now)?)
+        Ok(office::review(
+            &state.shared,
+            &staff.user,
+            id,
+            verdict,
+            &body.note,
+            now,
+        )?)
     })
     .await?;
     Ok(axum::Json(view))
@@ -395,7 +414,14 @@ async fn api_resolve(
     let body: ResolveBody = json_body(&body)?;
     let view = blocking(move || {
         let now = chrono::Utc::now().timestamp();
-        Ok(office::resolve(&state.shared, &staff.user, id, &body.field, &body.value, now)?)
+        Ok(office::resolve(
+            &state.shared,
+            &staff.user,
+            id,
+            &body.field,
+            &body.value,
+            now,
+        )?)
     })
     .await?;
     Ok(axum::Json(view))
@@ -580,42 +606,45 @@ impl std::io::Write for ChannelWriter {
 async fn metrics(State(state): State<AppState>) -> Response {
     let m = &state.shared.metrics;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let counters = [
+        (
+            "fieldsync_connections_total",
+            "counter",
+            "QUIC connections accepted.",
+            &m.connections,
+        ),
+        (
+            "fieldsync_connections_open",
+            "gauge",
+            "QUIC connections being served now.",
+            &m.connections_open,
+        ),
+        (
+            "fieldsync_rounds_total",
+            "counter",
+            "Pushes committed (device rounds and dashboard changes).",
+            &m.rounds,
+        ),
+        (
+            "fieldsync_records_accepted_total",
+            "counter",
+            "Pushed records accepted.",
+            &m.records_accepted,
+        ),
+        (
+            "fieldsync_records_refused_total",
+            "counter",
+            "Pushed records refused.",
+            &m.records_refused,
+        ),
+    ];
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+    for (name, kind, help, value) in counters {
         out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
+            get(value)
         ));
-    };
-    metric(
-        "fieldsync_connections_total",
-        "counter",
-        "QUIC connections accepted.",
-        get(&m.connections).to_string(),
-    );
-    metric(
-        "fieldsync_connections_open",
-        "gauge",
-        "QUIC connections being served now.",
-        get(&m.connections_open).to_string(),
-    );
-    metric(
-        "fieldsync_rounds_total",
-        "counter",
-        "Pushes committed (device rounds and dashboard changes).",
-        get(&m.rounds).to_string(),
-    );
-    metric(
-        "fieldsync_records_accepted_total",
-        "counter",
-        "Pushed records accepted.",
-        get(&m.records_accepted).to_string(),
-    );
-    metric(
-        "fieldsync_records_refused_total",
-        "counter",
-        "Pushed records refused.",
-        get(&m.records_refused).to_string(),
-    );
+    }
     let commits = get(&m.commits);
     let seconds = get(&m.commit_micros_total) as f64 / 1e6;
     out.push_str(&format!(
@@ -625,7 +654,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
          fieldsync_commit_seconds_count {commits}\n"
     ));
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
         .into_response()

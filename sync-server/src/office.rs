@@ -88,8 +88,14 @@ pub fn review(
     now: i64,
 ) -> Result<RecordView, OfficeError> {
     let fields = vec![
-        ("status".to_string(), FieldValue::Text(verdict.as_str().into())),
-        ("review_note".to_string(), FieldValue::Text(note.to_string())),
+        (
+            "status".to_string(),
+            FieldValue::Text(verdict.as_str().into()),
+        ),
+        (
+            "review_note".to_string(),
+            FieldValue::Text(note.to_string()),
+        ),
         ("reviewed_by".to_string(), FieldValue::Text(user.id.clone())),
     ];
     change(shared, user, id, now, |record| {
@@ -225,7 +231,10 @@ impl RecordFilter {
         }
         if let Some(text) = &self.text {
             let needle = text.to_lowercase();
-            let found = view.fields.values().any(|v| v.to_cell().to_lowercase().contains(&needle))
+            let found = view
+                .fields
+                .values()
+                .any(|v| v.to_cell().to_lowercase().contains(&needle))
                 || view.id.contains(&needle);
             if !found {
                 return false;
@@ -237,7 +246,9 @@ impl RecordFilter {
 
 /// The day a record is about, as entered (`YYYY-MM-DD` of `started_at` or `visited_at`).
 pub fn record_day(view: &RecordView) -> Option<&str> {
-    let stamp = view.text("started_at").or_else(|| view.text("visited_at"))?;
+    let stamp = view
+        .text("started_at")
+        .or_else(|| view.text("visited_at"))?;
     stamp.get(..10)
 }
 
@@ -389,14 +400,16 @@ pub fn villages(store: &ServerStore) -> Result<Vec<VillageRow>, StoreError> {
         if !view.scope.starts_with(Kind::VillageSurvey.scope_prefix()) {
             return Ok(());
         }
-        let row = rows.entry(view.scope.clone()).or_insert_with(|| VillageRow {
-            scope: view.scope.clone(),
-            village: String::new(),
-            survey: None,
-            conflicts: Vec::new(),
-            last_visit: None,
-            visits: 0,
-        });
+        let row = rows
+            .entry(view.scope.clone())
+            .or_insert_with(|| VillageRow {
+                scope: view.scope.clone(),
+                village: String::new(),
+                survey: None,
+                conflicts: Vec::new(),
+                last_visit: None,
+                visits: 0,
+            });
         if let Some(name) = view.text("village")
             && row.village.is_empty()
         {
@@ -457,11 +470,19 @@ pub fn history(store: &ServerStore, id: Uuid) -> Result<Option<Vec<AttributedCha
         for change in receipt.changes {
             arrival.insert(
                 change,
-                (receipt.device_id.clone(), receipt.user_id.clone(), receipt.received_at / 1000),
+                (
+                    receipt.device_id.clone(),
+                    receipt.user_id.clone(),
+                    receipt.received_at / 1000,
+                ),
             );
         }
     }
-    let users: BTreeMap<String, User> = store.users()?.into_iter().map(|u| (u.id.clone(), u)).collect();
+    let users: BTreeMap<String, User> = store
+        .users()?
+        .into_iter()
+        .map(|u| (u.id.clone(), u))
+        .collect();
     let devices: BTreeMap<String, String> = store
         .devices()?
         .into_iter()
@@ -482,16 +503,20 @@ pub fn history(store: &ServerStore, id: Uuid) -> Result<Option<Vec<AttributedCha
                     Some((device, user, _)) => (Some(device.clone()), Some(user.clone())),
                     None => match (devices.get(&entry.actor), office_actors.get(&entry.actor)) {
                         (Some(user), _) => (Some(entry.actor.clone()), Some(user.clone())),
-                        (None, Some(user)) => {
-                            (Some(format!("{WEB_DEVICE_PREFIX}{user}")), Some(user.clone()))
-                        }
+                        (None, Some(user)) => (
+                            Some(format!("{WEB_DEVICE_PREFIX}{user}")),
+                            Some(user.clone()),
+                        ),
                         (None, None) => (None, None),
                     },
                 };
                 let received_at = received.map(|r| r.2);
                 let clock_gap = received_at.map(|r| r - entry.time);
                 AttributedChange {
-                    user_name: user_id.as_ref().and_then(|u| users.get(u)).map(|u| u.name.clone()),
+                    user_name: user_id
+                        .as_ref()
+                        .and_then(|u| users.get(u))
+                        .map(|u| u.name.clone()),
                     hash: entry.hash,
                     fields: entry.fields,
                     device_time: entry.time,
@@ -500,7 +525,7 @@ pub fn history(store: &ServerStore, id: Uuid) -> Result<Option<Vec<AttributedCha
                     received_at,
                     clock_gap,
                     clock_flagged: clock_gap.is_some_and(|g| {
-                        g < -CLOCK_AHEAD_LIMIT_SECS || g > CLOCK_BEHIND_LIMIT_SECS
+                        !(-CLOCK_AHEAD_LIMIT_SECS..=CLOCK_BEHIND_LIMIT_SECS).contains(&g)
                     }),
                 }
             })

@@ -61,7 +61,10 @@ pub enum Lang {
 
 impl Lang {
     fn from_headers(headers: &HeaderMap) -> Lang {
-        match CookieJar::from_headers(headers).get(LANG_COOKIE).map(|c| c.value()) {
+        match CookieJar::from_headers(headers)
+            .get(LANG_COOKIE)
+            .map(|c| c.value())
+        {
             Some("en") => Lang::En,
             _ => Lang::Zh,
         }
@@ -236,7 +239,10 @@ async fn set_lang(
     let back = headers
         .get(header::REFERER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|r| r.find("://").and_then(|i| r[i + 3..].find('/').map(|j| r[i + 3 + j..].to_string())))
+        .and_then(|r| {
+            r.find("://")
+                .and_then(|i| r[i + 3..].find('/').map(|j| r[i + 3 + j..].to_string()))
+        })
         .filter(|path| path.starts_with('/') && !path.starts_with("//"))
         .unwrap_or_else(|| "/records".to_string());
     let jar = jar.add(cookie(&state, LANG_COOKIE, lang.to_string(), 365 * 86400));
@@ -297,7 +303,10 @@ async fn login(
     // An empty cookie matches an empty field; an empty token is no token.
     if !expected.is_some_and(|e| !e.is_empty() && auth::same_secret(&e, &form.csrf)) {
         return Err(PageError(
-            ApiError::new(StatusCode::FORBIDDEN, "missing or wrong CSRF token; reload the login page"),
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "missing or wrong CSRF token; reload the login page",
+            ),
             lang,
         ));
     }
@@ -312,7 +321,12 @@ async fn login(
             tracing::info!(user = %user.id, "dashboard login");
             let jar = jar
                 .remove(Cookie::build(LOGIN_CSRF_COOKIE).path("/"))
-                .add(cookie(&state, SESSION_COOKIE, secret, auth::SESSION_SECONDS));
+                .add(cookie(
+                    &state,
+                    SESSION_COOKIE,
+                    secret,
+                    auth::SESSION_SECONDS,
+                ));
             Ok((jar, Redirect::to("/records")))
         }
         Err(e) if e.status == StatusCode::UNAUTHORIZED => Ok((jar, Redirect::to("/login?error=1"))),
@@ -337,14 +351,35 @@ async fn logout(
     if let Credential::Session { secret, .. } = &page.staff.credential {
         auth::logout(&state.shared.store, secret).page(page.lang)?;
     }
-    Ok((jar.remove(Cookie::build(SESSION_COOKIE).path("/")), Redirect::to("/login")))
+    Ok((
+        jar.remove(Cookie::build(SESSION_COOKIE).path("/")),
+        Redirect::to("/login"),
+    ))
 }
 
 fn kind_label(lang: Lang, kind: &str) -> &'static str {
     match kind {
-        "check_in" => if lang == Lang::Zh { "志愿服务签到" } else { "Check-in" },
-        "village_visit" => if lang == Lang::Zh { "走访记录" } else { "Village visit" },
-        "village_survey" => if lang == Lang::Zh { "村情台账" } else { "Village survey" },
+        "check_in" => {
+            if lang == Lang::Zh {
+                "志愿服务签到"
+            } else {
+                "Check-in"
+            }
+        }
+        "village_visit" => {
+            if lang == Lang::Zh {
+                "走访记录"
+            } else {
+                "Village visit"
+            }
+        }
+        "village_survey" => {
+            if lang == Lang::Zh {
+                "村情台账"
+            } else {
+                "Village survey"
+            }
+        }
         _ => "?",
     }
 }
@@ -456,7 +491,11 @@ async fn records_page(
         .page(lang)?;
     let v = |o: &Option<String>| o.clone().unwrap_or_default();
     let kind = v(&query.kind);
-    let export_kind = if kind.is_empty() { String::new() } else { format!("kind={kind}&") };
+    let export_kind = if kind.is_empty() {
+        String::new()
+    } else {
+        format!("kind={kind}&")
+    };
     let body = html! {
         form.filters method="get" action="/records" {
             label { (lang.t("类型", "Kind")) select name="kind" {
@@ -611,11 +650,21 @@ async fn review_form(
     let user = page.staff.user.clone();
     blocking(move || {
         let now = chrono::Utc::now().timestamp();
-        Ok(office::review(&state.shared, &user, id, verdict, &form.note, now)?)
+        Ok(office::review(
+            &state.shared,
+            &user,
+            id,
+            verdict,
+            &form.note,
+            now,
+        )?)
     })
     .await
     .page(lang)?;
-    Ok(Redirect::to(&local_path(form.back.as_deref(), &format!("/records/{id}"))))
+    Ok(Redirect::to(&local_path(
+        form.back.as_deref(),
+        &format!("/records/{id}"),
+    )))
 }
 
 /// A same-site path to go back to, or `fallback`.
@@ -666,7 +715,12 @@ async fn review_page(State(state): State<AppState>, page: PageStaff) -> Result<M
             }
         }
     };
-    Ok(layout(&page, lang.t("待审核签到", "Review queue"), "/review", body))
+    Ok(layout(
+        &page,
+        lang.t("待审核签到", "Review queue"),
+        "/review",
+        body,
+    ))
 }
 
 async fn conflicts_page(
@@ -696,7 +750,12 @@ async fn conflicts_page(
             }
         }
     };
-    Ok(layout(&page, lang.t("冲突值", "Conflicts"), "/conflicts", body))
+    Ok(layout(
+        &page,
+        lang.t("冲突值", "Conflicts"),
+        "/conflicts",
+        body,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -750,7 +809,14 @@ async fn resolve_form(
     let user = page.staff.user.clone();
     blocking(move || {
         let now = chrono::Utc::now().timestamp();
-        Ok(office::resolve(&state.shared, &user, id, &form.field, &value, now)?)
+        Ok(office::resolve(
+            &state.shared,
+            &user,
+            id,
+            &form.field,
+            &value,
+            now,
+        )?)
     })
     .await
     .page(lang)?;
@@ -794,7 +860,12 @@ async fn hours_page(
             }
         }
     };
-    Ok(layout(&page, lang.t("志愿服务时长", "Volunteer hours"), "/hours", body))
+    Ok(layout(
+        &page,
+        lang.t("志愿服务时长", "Volunteer hours"),
+        "/hours",
+        body,
+    ))
 }
 
 async fn villages_page(
@@ -803,7 +874,9 @@ async fn villages_page(
 ) -> Result<Markup, PageError> {
     let lang = page.lang;
     let store = state.shared.store.clone();
-    let rows = blocking(move || Ok(office::villages(&store)?)).await.page(lang)?;
+    let rows = blocking(move || Ok(office::villages(&store)?))
+        .await
+        .page(lang)?;
     let columns: [(&str, &str, &str); 11] = [
         ("road_km_hardened", "硬化道路(km)", "Roads hardened (km)"),
         ("all_roads_hardened", "村村通硬化", "All roads hardened"),
@@ -815,7 +888,11 @@ async fn villages_page(
         ("standard_clinic", "标准化卫生室", "Clinic"),
         ("licensed_doctors", "执业医生", "Doctors"),
         ("school_sports_facilities", "学校体育设施", "School sports"),
-        ("collective_income_yuan", "集体收入(元)", "Collective income (¥)"),
+        (
+            "collective_income_yuan",
+            "集体收入(元)",
+            "Collective income (¥)",
+        ),
     ];
     let body = html! {
         table #villages {
@@ -843,15 +920,22 @@ async fn villages_page(
             }
         }
     };
-    Ok(layout(&page, lang.t("村情台账", "Village indicators"), "/villages", body))
+    Ok(layout(
+        &page,
+        lang.t("村情台账", "Village indicators"),
+        "/villages",
+        body,
+    ))
 }
 
-async fn devices_page(
-    State(state): State<AppState>,
-    page: PageStaff,
-) -> Result<Markup, PageError> {
+async fn devices_page(State(state): State<AppState>, page: PageStaff) -> Result<Markup, PageError> {
     let body = devices_body(&state, &page, None).page(page.lang)?;
-    Ok(layout(&page, page.lang.t("设备", "Devices"), "/devices", body))
+    Ok(layout(
+        &page,
+        page.lang.t("设备", "Devices"),
+        "/devices",
+        body,
+    ))
 }
 
 /// A freshly issued enrollment code, shown once.
@@ -951,6 +1035,15 @@ struct EnrollForm {
     hours: Option<i64>,
 }
 
+/// Checks an admin form's CSRF token and the user's role, and reads its `role` field.
+fn admin_form_role(page: &PageStaff, csrf: &str, role: &str) -> Result<Role, PageError> {
+    page.staff.check_csrf(Some(csrf)).page(page.lang)?;
+    page.staff.require(Role::Admin).page(page.lang)?;
+    role.parse()
+        .map_err(|_| ApiError::bad_request(format!("unknown role `{role}`")))
+        .page(page.lang)
+}
+
 async fn enroll_form(
     State(state): State<AppState>,
     page: PageStaff,
@@ -958,13 +1051,7 @@ async fn enroll_form(
     Form(form): Form<EnrollForm>,
 ) -> Result<Markup, PageError> {
     let lang = page.lang;
-    page.staff.check_csrf(Some(&form.csrf)).page(lang)?;
-    page.staff.require(Role::Admin).page(lang)?;
-    let role: Role = form
-        .role
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("unknown role `{}`", form.role)))
-        .page(lang)?;
+    let role = admin_form_role(&page, &form.csrf, &form.role)?;
     if !matches!(role, Role::Volunteer | Role::Village) {
         return Err(PageError(
             ApiError::bad_request("devices are enrolled for volunteers and village teams"),
@@ -1055,13 +1142,7 @@ async fn add_user_form(
     Form(form): Form<AddUserForm>,
 ) -> Result<Redirect, PageError> {
     let lang = page.lang;
-    page.staff.check_csrf(Some(&form.csrf)).page(lang)?;
-    page.staff.require(Role::Admin).page(lang)?;
-    let role: Role = form
-        .role
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("unknown role `{}`", form.role)))
-        .page(lang)?;
+    let role = admin_form_role(&page, &form.csrf, &form.role)?;
     let user = User {
         id: form.user.trim().to_string(),
         name: form.name.trim().to_string(),
