@@ -73,8 +73,7 @@ kotlin_compile() {
   # shellcheck source=jvm/kotlin-env.sh
   source bindings/jvm/kotlin-env.sh || return 1
   build_bindings_jar || return 1
-  echo "== kotlinc: bindings/tests/kotlin -> $JVM_OUT/bindings-test.jar"
-  kotlinc_ -cp "$BINDINGS_JAR:$JVM_DEPS" -d "$JVM_OUT/bindings-test.jar" bindings/tests/kotlin/*.kt
+  compile_kotlin_jar "$JVM_OUT/bindings-test.jar" "$BINDINGS_JAR:$JVM_DEPS" bindings/tests/kotlin/*.kt
 }
 kotlin_run() {
   source bindings/jvm/kotlin-env.sh || return 1

@@ -6,7 +6,8 @@
 #   $JVM_DEPS           JNA, kotlinx-coroutines, atomicfu and the Kotlin stdlib (a class path)
 #   $BINDINGS_JAR       the generated bindings + JVM shims, compiled (build_bindings_jar)
 #   $NATIVE_DIR         where libfieldsync_bindings.so is (for -Djna.library.path)
-#   build_bindings_jar  compiles $BINDINGS_JAR if it is missing or older than its sources
+#   build_bindings_jar  compiles $BINDINGS_JAR unless it is up to date
+#   compile_kotlin_jar JAR CLASSPATH SOURCES...   the same for any jar
 #   run_kotlin_main CLASS CLASSPATH ARGS...   runs a compiled main with the native library found
 
 _fs_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -32,25 +33,31 @@ kotlinc_() {
   "$KOTLINC" -nowarn -jvm-target 17 "$@"
 }
 
+# compile_kotlin_jar JAR CLASSPATH SOURCES...: compiles SOURCES into JAR unless JAR was built
+# from the same sources against the same class path. By content, not time: generate.sh rewrites
+# the generated sources on every run, mostly unchanged, and kotlinc is the slow part here.
+compile_kotlin_jar() {
+  local jar=$1 cp=$2
+  shift 2
+  local digest
+  digest=$( (cat "$@"; echo "$cp"; for j in ${cp//:/ }; do cat "$j.sha256" 2>/dev/null || true; done) | sha256sum | cut -d' ' -f1)
+  if [ -s "$jar" ] && [ "$(cat "$jar.sha256" 2>/dev/null)" = "$digest" ]; then
+    echo "== $(basename "$jar") is up to date"
+    return 0
+  fi
+  mkdir -p "$(dirname "$jar")"
+  echo "== kotlinc -> $jar"
+  kotlinc_ -cp "$cp" -d "$jar.tmp.jar" "$@" || return 1
+  mv "$jar.tmp.jar" "$jar"
+  echo "$digest" > "$jar.sha256"
+}
+
 build_bindings_jar() {
   if [ ! -s "$GENERATED_KT" ]; then
     echo "error: $GENERATED_KT is missing: run bash bindings/generate.sh" >&2
     return 1
   fi
-  local sources=("$GENERATED_KT" "$_fs_root"/bindings/jvm/*.kt)
-  # By content, not time: generate.sh rewrites the sources on every run, mostly unchanged,
-  # and this compile is the slow part (about a minute here).
-  local digest
-  digest=$(cat "${sources[@]}" | sha256sum | cut -d' ' -f1)
-  if [ -s "$BINDINGS_JAR" ] && [ "$(cat "$BINDINGS_JAR.sha256" 2>/dev/null)" = "$digest" ]; then
-    echo "== $BINDINGS_JAR is up to date"
-    return 0
-  fi
-  mkdir -p "$JVM_OUT"
-  echo "== kotlinc: generated bindings -> $BINDINGS_JAR"
-  kotlinc_ -cp "$JVM_DEPS" -d "$BINDINGS_JAR.tmp.jar" "${sources[@]}" || return 1
-  mv "$BINDINGS_JAR.tmp.jar" "$BINDINGS_JAR"
-  echo "$digest" > "$BINDINGS_JAR.sha256"
+  compile_kotlin_jar "$BINDINGS_JAR" "$JVM_DEPS" "$GENERATED_KT" "$_fs_root"/bindings/jvm/*.kt
 }
 
 run_kotlin_main() {
