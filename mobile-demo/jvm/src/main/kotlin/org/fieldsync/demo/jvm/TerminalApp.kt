@@ -28,7 +28,7 @@ class TerminalApp(private val repo: FieldRepository, private val input: Buffered
     private lateinit var app: PhoneApp
 
     private fun ask(prompt: String): String? {
-        print("$prompt: ")
+        print(if (prompt == ">") "> " else "$prompt: ")
         System.out.flush()
         return input.readLine()?.trim()
     }
