@@ -49,7 +49,9 @@ if "$python" -c "import pytest, pytest_asyncio" 2>/dev/null; then
   echo "== pytest, pytest-asyncio: present"
 else
   echo "== pip install pytest pytest-asyncio"
-  "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore pytest pytest-asyncio
+  pip_=("$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
+  # A Debian-managed python refuses plain installs (PEP 668); these two test tools are safe to add.
+  "${pip_[@]}" pytest pytest-asyncio || "${pip_[@]}" --break-system-packages pytest pytest-asyncio
 fi
 
 # --- kotlinc from npm --------------------------------------------------------------------
