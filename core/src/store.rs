@@ -71,6 +71,12 @@ pub enum StoreError {
     /// The device identity could not be made.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The operation needs the enrolled user (a check-in, my hours) and there is none yet.
+    #[error("this device is not enrolled; enroll it with a one-time code first")]
+    NotEnrolled,
+    /// A check-in without a scope, for a user enrolled without any team scope.
+    #[error("the enrolled user has no team scope; give the check-in a scope `team:<id>`")]
+    NoTeamScope,
 }
 
 crate::impl_from_redb!(StoreError);
@@ -85,6 +91,46 @@ pub struct EnrollmentInfo {
     pub user_name: String,
     pub role: Role,
     pub scopes: Vec<String>,
+}
+
+/// A volunteer check-in as entered on the phone.
+///
+/// The volunteer, team, status and device time are not part of the form: they come from the
+/// enrollment and the phone's clock (see [`DeviceStore::check_in`]), so a form cannot record a
+/// check-in for someone else or pre-confirm it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CheckInForm {
+    pub activity: String,
+    pub place: String,
+    /// RFC 3339, e.g. `2026-11-28T08:00:00+08:00`.
+    pub started_at: String,
+    /// RFC 3339; left out at check-in and set by an update at check-out.
+    pub ended_at: Option<String>,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub accuracy_m: Option<f64>,
+    pub note: Option<String>,
+    /// `team:<id>`; defaults to the enrolled user's first team scope.
+    pub scope: Option<String>,
+}
+
+/// The enrolled user's check-ins held on this device, summed by review status.
+///
+/// Hours are the derived `hours` of each check-in (rounded to hundredths, as projected); a
+/// check-in without an end yet has no hours and is counted as `open`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HoursSummary {
+    /// Hours the office confirmed.
+    pub confirmed_hours: f64,
+    /// Hours submitted and not yet reviewed.
+    pub submitted_hours: f64,
+    /// Hours the office rejected (shown, never added to the others).
+    pub rejected_hours: f64,
+    pub confirmed: u64,
+    pub submitted: u64,
+    pub rejected: u64,
+    /// Check-ins without an end yet.
+    pub open: u64,
 }
 
 /// A device's local store.
@@ -175,6 +221,89 @@ impl DeviceStore {
     ) -> Result<RecordView, StoreError> {
         let mut record = Record::create(kind, scope, self.actor.clone(), fields, now())?;
         self.write_local(&mut record)
+    }
+
+    /// Records a check-in for the enrolled user as one durable write; returns its projection.
+    ///
+    /// `volunteer_id`/`volunteer_name` come from the enrollment, `team` from the scope,
+    /// `status` is `submitted` and `device_time` is the phone's clock now.
+    pub fn check_in(&self, form: &CheckInForm) -> Result<RecordView, StoreError> {
+        let info = self.enrollment()?.ok_or(StoreError::NotEnrolled)?;
+        let scope = match &form.scope {
+            Some(s) => s.clone(),
+            None => info
+                .scopes
+                .iter()
+                .find(|s| s.starts_with("team:"))
+                .cloned()
+                .ok_or(StoreError::NoTeamScope)?,
+        };
+        let team = scope
+            .split_once(':')
+            .map(|(_, t)| t.to_string())
+            .unwrap_or_default();
+        let text = |name: &str, v: &str| (name.to_string(), FieldValue::Text(v.to_string()));
+        let mut fields = vec![
+            text("volunteer_id", &info.user_id),
+            text("volunteer_name", &info.user_name),
+            text("team", &team),
+            text("activity", &form.activity),
+            text("place", &form.place),
+            text("started_at", &form.started_at),
+            text("status", "submitted"),
+            text("device_time", &chrono::Local::now().to_rfc3339()),
+        ];
+        let optional = [
+            ("ended_at", form.ended_at.clone().map(FieldValue::Text)),
+            ("lat", form.lat.map(FieldValue::Number)),
+            ("lon", form.lon.map(FieldValue::Number)),
+            ("accuracy_m", form.accuracy_m.map(FieldValue::Number)),
+            ("note", form.note.clone().map(FieldValue::Text)),
+        ];
+        fields.extend(
+            optional
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
+        );
+        self.create(Kind::CheckIn, &scope, &fields)
+    }
+
+    /// The enrolled user's check-in hours on this device, by review status.
+    ///
+    /// Reads projections only. Counts what this device holds: the user's own check-ins, with
+    /// the office's verdicts as far as the last sync brought them.
+    pub fn my_hours(&self) -> Result<HoursSummary, StoreError> {
+        let info = self.enrollment()?.ok_or(StoreError::NotEnrolled)?;
+        let mut sum = HoursSummary::default();
+        for view in self.list(Some(Kind::CheckIn), None)? {
+            if view.text("volunteer_id") != Some(info.user_id.as_str()) {
+                continue;
+            }
+            let Some(FieldValue::Number(hours)) = view.field("hours").cloned() else {
+                sum.open += 1;
+                continue;
+            };
+            match view.text("status") {
+                Some("confirmed") => {
+                    sum.confirmed += 1;
+                    sum.confirmed_hours += hours;
+                }
+                Some("rejected") => {
+                    sum.rejected += 1;
+                    sum.rejected_hours += hours;
+                }
+                _ => {
+                    sum.submitted += 1;
+                    sum.submitted_hours += hours;
+                }
+            }
+        }
+        // Sums of hundredths drift in binary floating point: keep them at hundredths.
+        let round = |h: f64| (h * 100.0).round() / 100.0;
+        sum.confirmed_hours = round(sum.confirmed_hours);
+        sum.submitted_hours = round(sum.submitted_hours);
+        sum.rejected_hours = round(sum.rejected_hours);
+        Ok(sum)
     }
 
     /// Edits a record as one durable write; returns its projection.
@@ -507,6 +636,121 @@ mod tests {
         let changes =
             crate::protocol::split_changes(&again[0].push.changes, &Default::default()).unwrap();
         assert_eq!(changes.len(), 1, "only the unacknowledged change is pushed");
+    }
+
+    fn enroll_as(store: &DeviceStore, user: &str, scopes: &[&str]) {
+        store
+            .set_enrollment(&EnrollmentInfo {
+                server: "127.0.0.1:1".into(),
+                fingerprint: "00".repeat(32),
+                device_id: store.device_id(),
+                user_id: user.into(),
+                user_name: format!("name of {user}"),
+                role: Role::Volunteer,
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            })
+            .unwrap();
+    }
+
+    fn form(start: &str, end: Option<&str>) -> CheckInForm {
+        CheckInForm {
+            activity: "清洁家园".into(),
+            place: "幸福社区".into(),
+            started_at: start.into(),
+            ended_at: end.map(str::to_string),
+            ..CheckInForm::default()
+        }
+    }
+
+    #[test]
+    fn check_in_takes_volunteer_team_and_status_from_the_enrollment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeviceStore::open(dir.path()).unwrap();
+        let at = "2026-11-28T08:00:00+08:00";
+        assert!(matches!(
+            store.check_in(&form(at, None)),
+            Err(StoreError::NotEnrolled)
+        ));
+        enroll_as(&store, "zhang3", &["village:1", "team:7", "team:8"]);
+        let view = store
+            .check_in(&CheckInForm {
+                lat: Some(28.2),
+                note: Some("带了扫帚".into()),
+                ..form(at, Some("2026-11-28T10:30:00+08:00"))
+            })
+            .unwrap();
+        assert_eq!(view.scope, "team:7", "the first team scope");
+        assert_eq!(view.text("volunteer_id"), Some("zhang3"));
+        assert_eq!(view.text("volunteer_name"), Some("name of zhang3"));
+        assert_eq!(view.text("team"), Some("7"));
+        assert_eq!(view.text("status"), Some("submitted"));
+        assert_eq!(view.field("hours"), Some(&FieldValue::Number(2.5)));
+        assert_eq!(view.field("lat"), Some(&FieldValue::Number(28.2)));
+        assert!(view.field("lon").is_none());
+        assert!(view.text("device_time").is_some());
+        let other = store
+            .check_in(&CheckInForm {
+                scope: Some("team:8".into()),
+                ..form(at, None)
+            })
+            .unwrap();
+        assert_eq!(other.text("team"), Some("8"));
+        assert!(matches!(
+            store.check_in(&form("yesterday", None)),
+            Err(StoreError::Record(RecordError::Invalid(_)))
+        ));
+        enroll_as(&store, "li4", &["village:1"]);
+        assert!(matches!(
+            store.check_in(&form(at, None)),
+            Err(StoreError::NoTeamScope)
+        ));
+    }
+
+    #[test]
+    fn my_hours_sums_the_enrolled_users_check_ins_by_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeviceStore::open(dir.path()).unwrap();
+        assert!(matches!(store.my_hours(), Err(StoreError::NotEnrolled)));
+        enroll_as(&store, "zhang3", &["team:7"]);
+        let day = |h: u32| format!("2026-11-28T{h:02}:00:00+08:00");
+        let a = store.check_in(&form(&day(8), Some(&day(10)))).unwrap();
+        store.check_in(&form(&day(8), Some(&day(9)))).unwrap();
+        let c = store.check_in(&form(&day(13), Some(&day(16)))).unwrap();
+        store.check_in(&form(&day(17), None)).unwrap();
+        // Someone else's check-in on the same device (a shared phone, or synced from the team).
+        store
+            .create(
+                Kind::CheckIn,
+                "team:7",
+                &[
+                    ("volunteer_id".into(), FieldValue::Text("wang5".into())),
+                    ("activity".into(), FieldValue::Text("a".into())),
+                    ("place".into(), FieldValue::Text("p".into())),
+                    ("started_at".into(), FieldValue::Text(day(8))),
+                    ("ended_at".into(), FieldValue::Text(day(20))),
+                    ("status".into(), FieldValue::Text("confirmed".into())),
+                ],
+            )
+            .unwrap();
+        let status = |s: &str| [("status".to_string(), FieldValue::Text(s.into()))];
+        store
+            .update(Uuid::parse_str(&a.id).unwrap(), &status("confirmed"))
+            .unwrap();
+        store
+            .update(Uuid::parse_str(&c.id).unwrap(), &status("rejected"))
+            .unwrap();
+        assert_eq!(
+            store.my_hours().unwrap(),
+            HoursSummary {
+                confirmed_hours: 2.0,
+                submitted_hours: 1.0,
+                rejected_hours: 3.0,
+                confirmed: 1,
+                submitted: 1,
+                rejected: 1,
+                open: 1,
+            }
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fieldsync_core::model::{self, FieldValue, Kind};
-use fieldsync_core::store::DeviceStore;
+use fieldsync_core::store::{CheckInForm, DeviceStore};
 use fieldsync_core::{client, record::RecordView};
 use uuid::Uuid;
 
@@ -141,57 +141,18 @@ fn run(cli: Cli) -> Result<(), String> {
             note,
             scope,
         } => {
-            let info = store
-                .enrollment()
-                .map_err(|e| err(&e))?
-                .ok_or("enroll this device first: a check-in needs the enrolled user")?;
-            let scope = match scope {
-                Some(s) => s,
-                None => info
-                    .scopes
-                    .iter()
-                    .find(|s| s.starts_with("team:"))
-                    .cloned()
-                    .ok_or("the enrolled user has no team scope; pass --scope team:ID")?,
+            let form = CheckInForm {
+                activity,
+                place,
+                started_at: start,
+                ended_at: end,
+                lat,
+                lon,
+                accuracy_m: accuracy,
+                note,
+                scope,
             };
-            let team = scope
-                .split_once(':')
-                .map(|(_, t)| t.to_string())
-                .unwrap_or_default();
-            let mut fields = vec![
-                (
-                    "volunteer_id".to_string(),
-                    FieldValue::Text(info.user_id.clone()),
-                ),
-                (
-                    "volunteer_name".to_string(),
-                    FieldValue::Text(info.user_name.clone()),
-                ),
-                ("team".to_string(), FieldValue::Text(team)),
-                ("activity".to_string(), FieldValue::Text(activity)),
-                ("place".to_string(), FieldValue::Text(place)),
-                ("started_at".to_string(), FieldValue::Text(start)),
-                ("status".to_string(), FieldValue::Text("submitted".into())),
-                (
-                    "device_time".to_string(),
-                    FieldValue::Text(chrono::Local::now().to_rfc3339()),
-                ),
-            ];
-            let optional = [
-                ("ended_at", end.map(FieldValue::Text)),
-                ("lat", lat.map(FieldValue::Number)),
-                ("lon", lon.map(FieldValue::Number)),
-                ("accuracy_m", accuracy.map(FieldValue::Number)),
-                ("note", note.map(FieldValue::Text)),
-            ];
-            fields.extend(
-                optional
-                    .into_iter()
-                    .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
-            );
-            let view = store
-                .create(Kind::CheckIn, &scope, &fields)
-                .map_err(|e| err(&e))?;
+            let view = store.check_in(&form).map_err(|e| err(&e))?;
             println!("{}", view.id);
         }
         Command::New {

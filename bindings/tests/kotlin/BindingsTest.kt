@@ -1,0 +1,286 @@
+// The generated Kotlin bindings on the JVM (through JNA), against a real fieldsync-server.
+//
+// A plain main: each test prints `ok`/`FAIL`, the last line is `kotlin: N passed, N failed`, and
+// the exit code is non-zero if anything failed. `bindings/test.sh` compiles and runs it.
+// Suspending calls (`enroll`, `sync`) are made from coroutines, as an app makes them.
+package org.fieldsync.tests
+
+import java.io.File
+import java.nio.file.Files
+import kotlin.system.exitProcess
+import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.async
+import kotlinx.coroutines.delay
+import kotlinx.coroutines.launch
+import kotlinx.coroutines.runBlocking
+import org.fieldsync.FieldRecord
+import org.fieldsync.FieldStore
+import org.fieldsync.FieldSyncException
+import org.fieldsync.FieldValue
+import org.fieldsync.Role
+import org.fieldsync.SyncProgressListener
+import org.fieldsync.SyncReport
+import org.fieldsync.fieldSchema
+import org.fieldsync.FieldType
+import org.fieldsync.testing.ServerProcess
+import org.fieldsync.testing.ServerUser
+
+val LI4 = ServerUser("li4", "李四", "village", listOf("village:3"))
+val CHEN7 = ServerUser("chen7", "陈七", "village", listOf("village:3", "village:4"))
+val ZHANG3 = ServerUser("zhang3", "张三", "volunteer", listOf("team:7"))
+
+fun day(hour: Int, minute: Int = 0) = "2026-11-28T%02d:%02d:00+08:00".format(hour, minute)
+
+class AssertionFailed(message: String) : Exception(message)
+
+fun check(condition: Boolean, message: () -> String) {
+    if (!condition) throw AssertionFailed(message())
+}
+
+fun <T> checkEq(actual: T, expected: T, what: String) =
+    check(actual == expected) { "$what: expected $expected, got $actual" }
+
+inline fun <reified E : Throwable> expectThrows(what: String, block: () -> Unit): E {
+    try {
+        block()
+    } catch (e: Throwable) {
+        if (e is E) return e
+        throw AssertionFailed("$what: expected ${E::class.simpleName}, got $e")
+    }
+    throw AssertionFailed("$what: expected ${E::class.simpleName}, nothing was thrown")
+}
+
+/** Records every progress report of one sync round and checks them for sanity. */
+class Progress : SyncProgressListener {
+    val calls = mutableListOf<Pair<Long, Long>>()
+
+    @Synchronized
+    override fun onProgress(done: ULong, total: ULong) {
+        calls += done.toLong() to total.toLong()
+    }
+
+    @Synchronized
+    fun assertSane(report: SyncReport, pendingBefore: Long) {
+        check(calls.isNotEmpty()) { "the progress listener was never called" }
+        checkEq(calls.first(), 0L to pendingBefore, "first progress report")
+        calls.zipWithNext().forEach { (a, b) ->
+            check(b.first >= a.first && b.second >= a.second) { "progress went backwards: $calls" }
+        }
+        check(calls.all { it.first <= it.second }) { "done past total: $calls" }
+        check(calls.last().first == calls.last().second) { "did not end complete: $calls" }
+        val moved = report.sent + report.received + report.refused.size.toULong()
+        check(calls.last().second >= moved.toLong()) { "total $calls below what moved: $report" }
+    }
+}
+
+/** One sync round the way an app runs it (a suspend call from a coroutine), progress checked. */
+suspend fun FieldStore.syncChecked(): SyncReport {
+    val progress = Progress()
+    val pending = pendingCount().toLong()
+    val report = sync(progress)
+    progress.assertSane(report, pending)
+    return report
+}
+
+fun text(s: String) = FieldValue.Text(s)
+
+/** What a test body has: its folder, servers and phones, and a coroutine scope to launch in. */
+class Env(val dir: File, scope: CoroutineScope) : CoroutineScope by scope {
+    private val servers = mutableListOf<ServerProcess>()
+    private val phones = mutableListOf<FieldStore>()
+
+    fun server(vararg users: ServerUser): Pair<ServerProcess, Map<String, String>> {
+        val started = ServerProcess.startWith(File(dir, "server${servers.size}"), users.toList())
+        servers += started.first
+        return started
+    }
+
+    fun phone(name: String): FieldStore =
+        FieldStore.open(File(dir, "phones/$name").path).also { phones += it }
+
+    fun close() {
+        phones.forEach { it.close() }
+        servers.forEach { it.stop() }
+    }
+}
+
+suspend fun FieldStore.enrollWith(server: ServerProcess, codes: Map<String, String>, user: ServerUser) =
+    enroll(server.address, server.fingerprint, codes.getValue(user.id))
+
+fun ids(records: List<FieldRecord>) = records.map { it.id }.toSet()
+
+val tests = linkedMapOf<String, suspend Env.() -> Unit>(
+    "two phones record offline, sync, and see what their scopes allow" to {
+        val (server, codes) = server(LI4, CHEN7, ZHANG3)
+        val li4 = phone("li4")
+        val chen7 = phone("chen7")
+        val zhang3 = phone("zhang3")
+        val info = li4.enrollWith(server, codes, LI4)
+        checkEq(info.role, Role.VILLAGE, "role")
+        checkEq(info.deviceId, li4.deviceId(), "device id")
+        chen7.enrollWith(server, codes, CHEN7)
+        zhang3.enrollWith(server, codes, ZHANG3)
+
+        server.stop() // no signal from here on
+        val survey = li4.create(
+            "village_survey", "village:3",
+            mapOf("village" to text("大坪村"), "licensed_doctors" to FieldValue.Integer(2)),
+        )
+        val visit = chen7.create(
+            "village_visit", "village:3",
+            mapOf(
+                "village" to text("大坪村"),
+                "household" to text("王家"),
+                "visited_at" to text(day(10)),
+                "visitors" to FieldValue.TextList(listOf("陈七", "李四")),
+            ),
+        )
+        val other = chen7.create("village_survey", "village:4", mapOf("village" to text("石桥村")))
+        val checkIn = zhang3.checkIn("清洁家园", "幸福社区", day(8), day(10, 30), lat = 28.2, lon = 112.9)
+        checkEq(li4.pendingCount(), 1uL, "li4 pending")
+        checkEq(chen7.pendingCount(), 2uL, "chen7 pending")
+
+        // Offline: a network error, and the calling thread keeps running other coroutines.
+        var ticks = 0
+        val ticker = launch {
+            while (true) {
+                delay(50)
+                ticks++
+            }
+        }
+        val started = System.nanoTime()
+        expectThrows<FieldSyncException.Network>("sync offline") { li4.sync(null) }
+        val waitedMs = (System.nanoTime() - started) / 1_000_000
+        ticker.cancel()
+        check(ticks >= waitedMs / 50 / 2) { "the calling thread was blocked: $ticks ticks in $waitedMs ms" }
+        checkEq(li4.pendingCount(), 1uL, "li4 pending after a failed sync")
+
+        server.start()
+        checkEq(li4.syncChecked().sent, 1uL, "li4 sent")
+        val a = async { chen7.syncChecked() }
+        val b = async { zhang3.syncChecked() }
+        checkEq(a.await().received, 1uL, "chen7 received li4's survey")
+        checkEq(b.await().sent, 1uL, "zhang3 sent")
+        checkEq(li4.syncChecked().received, 1uL, "li4 received chen7's visit")
+
+        checkEq(ids(li4.list()), setOf(survey.id, visit.id), "li4 (village:3) sees")
+        checkEq(ids(chen7.list()), setOf(survey.id, visit.id, other.id), "chen7 (village:3, :4) sees")
+        checkEq(ids(zhang3.list()), setOf(checkIn), "the volunteer sees")
+        checkEq(li4.get(visit.id), visit, "the visit as recorded")
+        checkEq(li4.get(other.id), null, "a record out of scope")
+        checkEq(zhang3.get(checkIn)?.fields?.get("hours"), FieldValue.Number(2.5), "derived hours")
+        checkEq(zhang3.myHours().submittedHours, 2.5, "my submitted hours")
+    },
+
+    "concurrent edits of one field show a conflict until resolved" to {
+        val (server, codes) = server(LI4, CHEN7)
+        val li4 = phone("li4")
+        val chen7 = phone("chen7")
+        li4.enrollWith(server, codes, LI4)
+        chen7.enrollWith(server, codes, CHEN7)
+        val record = li4.create(
+            "village_survey", "village:3",
+            mapOf("village" to text("大坪村"), "licensed_doctors" to FieldValue.Integer(1)),
+        )
+        li4.syncChecked()
+        chen7.syncChecked()
+        li4.update(record.id, mapOf("licensed_doctors" to FieldValue.Integer(2)))
+        chen7.update(record.id, mapOf("licensed_doctors" to FieldValue.Integer(3), "bus_service" to FieldValue.Bool(true)))
+        li4.syncChecked()
+        chen7.syncChecked()
+        li4.syncChecked()
+        val mine = li4.get(record.id)!!
+        checkEq(mine, chen7.get(record.id), "both phones converge")
+        checkEq(mine.conflicts.keys, setOf("licensed_doctors"), "conflicted fields")
+        checkEq(
+            mine.conflicts.getValue("licensed_doctors").toSet(),
+            setOf<FieldValue>(FieldValue.Integer(2), FieldValue.Integer(3)),
+            "both values kept",
+        )
+        checkEq(mine.fields["bus_service"], FieldValue.Bool(true), "the other edit merged")
+        checkEq(li4.history(record.id).map { it.deviceId }.toSet(), setOf(li4.deviceId(), chen7.deviceId()), "history")
+
+        check(li4.update(record.id, mapOf("licensed_doctors" to FieldValue.Integer(3))).conflicts.isEmpty()) { "resolved" }
+        li4.syncChecked()
+        chen7.syncChecked()
+        checkEq(chen7.get(record.id)?.conflicts, emptyMap(), "resolved on the other phone")
+        checkEq(chen7.get(record.id)?.fields?.get("licensed_doctors"), FieldValue.Integer(3), "resolved value")
+    },
+
+    "bad input raises clear exceptions and changes nothing" to {
+        val store = phone("phone")
+        val record = store.create("village_survey", "village:3", mapOf("village" to text("大坪村")))
+        val unknown = expectThrows<FieldSyncException.InvalidInput>("unknown kind") {
+            store.create("parade", "village:3", mapOf())
+        }
+        check(unknown.message!!.contains("unknown kind `parade`")) { "message: ${unknown.message}" }
+        val wrongType = expectThrows<FieldSyncException.InvalidInput>("wrong type") {
+            store.update(record.id, mapOf("licensed_doctors" to text("two"), "note" to text("x")))
+        }
+        check(wrongType.message!!.contains("licensed_doctors")) { "message: ${wrongType.message}" }
+        expectThrows<FieldSyncException.InvalidInput>("bad scope") {
+            store.create("village_survey", "team:3", mapOf("village" to text("x")))
+        }
+        expectThrows<FieldSyncException.NotFound>("unknown id") {
+            store.update("0190f0c4-0000-7000-8000-000000000000", mapOf("note" to text("x")))
+        }
+        expectThrows<FieldSyncException.NotEnrolled>("check-in before enrollment") {
+            store.checkIn("清洁家园", "幸福社区", day(8))
+        }
+        expectThrows<FieldSyncException.NotEnrolled>("sync before enrollment") { store.sync(null) }
+        checkEq(store.pendingCount(), 1uL, "pending")
+        checkEq(store.list(), listOf(record), "records")
+        checkEq(store.history(record.id).size, 1, "changes")
+        val doctors = fieldSchema("village_survey").first { it.name == "licensed_doctors" }
+        checkEq(doctors.fieldType, FieldType.INTEGER, "schema type")
+    },
+
+    "a revoked phone is refused and keeps its records" to {
+        val (server, codes) = server(ZHANG3)
+        val phone = phone("lost")
+        phone.enrollWith(server, codes, ZHANG3)
+        phone.checkIn("清洁家园", "幸福社区", day(8), day(9))
+        checkEq(phone.syncChecked().sent, 1uL, "sent before revocation")
+        val kept = phone.checkIn("清洁家园", "幸福社区", day(10), day(11))
+        server.stop()
+        server.revoke(phone.deviceId())
+        server.start()
+        expectThrows<FieldSyncException.Unauthorized>("sync after revocation") { phone.sync(null) }
+        checkEq(phone.pendingCount(), 1uL, "pending kept")
+        check(phone.get(kept) != null) { "record kept" }
+        val bad = phone("bad-code")
+        expectThrows<FieldSyncException.Refused>("unknown enrollment code") {
+            bad.enroll(server.address, server.fingerprint, "NOTACODE23")
+        }
+    },
+)
+
+fun main() {
+    val root = Files.createTempDirectory("fieldsync-kotlin-test").toFile()
+    var passed = 0
+    val failed = mutableListOf<String>()
+    for ((name, body) in tests) {
+        val dir = File(root, "t${passed + failed.size}")
+        val started = System.nanoTime()
+        try {
+            runBlocking {
+                val env = Env(dir, this)
+                try {
+                    env.body()
+                } finally {
+                    env.close()
+                }
+            }
+            passed++
+            println("ok   $name (${(System.nanoTime() - started) / 1_000_000} ms)")
+        } catch (e: Throwable) {
+            failed += name
+            println("FAIL $name: $e")
+            e.printStackTrace()
+        }
+    }
+    root.deleteRecursively()
+    failed.forEach { println("failed: $it") }
+    println("kotlin: $passed passed, ${failed.size} failed")
+    exitProcess(if (failed.isEmpty()) 0 else 1)
+}

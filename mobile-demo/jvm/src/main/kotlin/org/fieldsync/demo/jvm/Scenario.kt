@@ -1,0 +1,237 @@
+package org.fieldsync.demo.jvm
+
+import java.io.File
+import java.nio.file.Files
+import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.joinAll
+import kotlinx.coroutines.runBlocking
+import org.fieldsync.FieldStore
+import org.fieldsync.FieldSyncException
+import org.fieldsync.FieldValue
+import org.fieldsync.demo.data.FieldRepository
+import org.fieldsync.demo.data.Location
+import org.fieldsync.demo.data.VisitInput
+import org.fieldsync.demo.ui.PhoneApp
+import org.fieldsync.demo.ui.SyncViewModel
+import org.fieldsync.demo.ui.display
+import org.fieldsync.testing.ServerProcess
+import org.fieldsync.testing.ServerUser
+
+/**
+ * The scripted scenario: a server, three phones, a day without signal, and the merged result.
+ *
+ * It drives the same view models the terminal menu (or an Android UI) drives, prints what each
+ * phone's screens would show, and checks the outcome; the last line is
+ * `scenario: N passed, N failed` and the exit code is non-zero if any check failed.
+ */
+class Scenario(private val workDir: File) {
+    private val volunteer = ServerUser("zhang3", "张三", "volunteer", listOf("team:7"))
+    private val villageA = ServerUser("li4", "李四", "village", listOf("village:3"))
+    private val villageB = ServerUser("chen7", "陈七", "village", listOf("village:3"))
+
+    private var passed = 0
+    private val failures = mutableListOf<String>()
+
+    private fun check(what: String, ok: Boolean) {
+        if (ok) passed++ else failures += what
+        println("   ${if (ok) "✓" else "✗ FAILED:"} $what")
+    }
+
+    private fun section(title: String) = println("\n── $title")
+
+    /** One phone: its own store folder, repository and view models, like one app install. */
+    private inner class Phone(val owner: ServerUser, scope: CoroutineScope) {
+        val store = FieldStore.open(File(workDir, "phone-${owner.id}").path)
+        val app = PhoneApp(FieldRepository(store), clock, location, scope)
+        fun say(text: String) = println("[${owner.name}] $text")
+    }
+
+    // A fixed day, so the printed hours are the same on every run.
+    private var minuteOfDay = 8 * 60
+    private val clock = org.fieldsync.demo.data.Clock {
+        "2026-11-28T%02d:%02d:00+08:00".format(minuteOfDay / 60, minuteOfDay % 60)
+    }
+    private val location = org.fieldsync.demo.data.LocationProvider { Location(28.228, 112.939, 8.0) }
+
+    fun run(): Int = runBlocking {
+        println("fieldsync field app demo: scripted scenario")
+        val (server, codes) = ServerProcess.startWith(File(workDir, "server"), listOf(volunteer, villageA, villageB))
+        println("server listening on ${server.address}, certificate ${server.fingerprint.take(16)}…")
+        val phones = listOf(volunteer, villageA, villageB).map { Phone(it, this) }
+        val (zhang3, li4, chen7) = phones
+        try {
+            story(server, codes, zhang3, li4, chen7)
+        } finally {
+            phones.forEach { it.store.close() }
+            server.stop()
+        }
+        failures.forEach { println("failed: $it") }
+        println("scenario: $passed passed, ${failures.size} failed")
+        if (failures.isEmpty()) 0 else 1
+    }
+
+    private suspend fun story(server: ServerProcess, codes: Map<String, String>, zhang3: Phone, li4: Phone, chen7: Phone) {
+        val phones = listOf(zhang3, li4, chen7)
+
+        section("1. Each phone is enrolled with its one-time code (online)")
+        for (p in phones) {
+            p.app.enrollment.enroll(server.address, server.fingerprint, codes.getValue(p.owner.id)).join()
+            p.say(p.app.enrollment.notice.value?.text ?: "")
+        }
+        check("all three phones enrolled", phones.all { it.app.enrollment.enrollment.value != null })
+
+        section("2. 李四 starts the survey of 大坪村; 陈七's phone receives it")
+        li4.app.village.createSurvey("village:3", "大坪村").join()
+        li4.app.village.edit(surveyId(li4), "licensed_doctors", "1").join()
+        li4.app.village.edit(surveyId(li4), "tap_water_pct", "92").join()
+        syncAndShow(li4)
+        syncAndShow(chen7)
+        check("陈七 has the survey", chen7.app.village.surveys.value.size == 1)
+
+        section("3. The signal goes. Everyone keeps working offline")
+        server.stop()
+        val checkIn = zhang3.app.checkIn
+        checkIn.edit { it.copy(activity = "清洁家园", place = "幸福社区", note = "清理河道垃圾") }
+        checkIn.submit().join()
+        zhang3.say(checkIn.notice.value?.text ?: "")
+        val openId = checkIn.saved.value
+        minuteOfDay = 10 * 60 + 30
+        zhang3.app.myRecords.refresh().join()
+        if (openId != null) zhang3.app.myRecords.checkOut(openId).join()
+        zhang3.say("${zhang3.app.myRecords.notice.value?.text} (08:00–10:30)")
+        checkIn.edit {
+            it.copy(activity = "文明城市创建", place = "人民路", startedAt = "2026-11-28T14:00:00+08:00",
+                endedAt = "2026-11-28T15:30:00+08:00")
+        }
+        checkIn.submit().join()
+        zhang3.say(checkIn.notice.value?.text ?: "")
+
+        val survey = surveyId(li4)
+        li4.app.village.edit(survey, "licensed_doctors", "2").join()
+        li4.say(li4.app.village.notice.value?.text ?: "")
+        li4.app.village.edit(survey, "bus_service", "yes").join()
+        li4.say(li4.app.village.notice.value?.text ?: "")
+        li4.app.village.recordVisit("village:3", VisitInput("大坪村", "李家", "2026-11-28T09:00:00+08:00",
+            listOf("李四"), findings = "老人独居", needs = "屋顶漏水")).join()
+        li4.say(li4.app.village.notice.value?.text ?: "")
+        chen7.app.village.edit(survey, "licensed_doctors", "3").join()
+        chen7.say(chen7.app.village.notice.value?.text ?: "")
+        chen7.app.village.edit(survey, "road_km_hardened", "12.5").join()
+        chen7.say(chen7.app.village.notice.value?.text ?: "")
+        chen7.app.village.recordVisit("village:3", VisitInput("大坪村", "王家", "2026-11-28T10:00:00+08:00",
+            listOf("陈七"), needs = "助学申请")).join()
+        chen7.say(chen7.app.village.notice.value?.text ?: "")
+
+        // All three try at once (each waits for the connection to time out, about 8 s).
+        phones.map { it.app.sync.sync() }.joinAll()
+        for (p in phones) {
+            val status = p.app.sync.status.value
+            p.say("sync: ${(status as? SyncViewModel.Status.Failed)?.message ?: status} (pending ${p.app.sync.pending.value})")
+        }
+        check("offline syncs fail as network errors", phones.all {
+            (it.app.sync.status.value as? SyncViewModel.Status.Failed)?.cause is FieldSyncException.Network
+        })
+        check("offline work waits as pending: 张三 2, 李四 2, 陈七 2",
+            phones.map { it.app.sync.pending.value } == listOf(2L, 2L, 2L))
+
+        section("4. The signal is back: every phone syncs")
+        server.start()
+        for (p in listOf(zhang3, li4, chen7, li4)) syncAndShow(p)
+        check("nothing left pending", phones.all { it.app.sync.pending.value == 0L })
+        check("nothing refused", phones.all { it.app.sync.refused.value.isEmpty() })
+
+        section("5. The merged result, as each phone shows it")
+        for (p in listOf(li4, chen7)) showVillage(p)
+        showMyRecords(zhang3)
+        val a = li4.app.village.surveys.value.single()
+        val b = chen7.app.village.surveys.value.single()
+        check("both village phones show the same survey", a == b)
+        check("the concurrent licensed_doctors edits are shown as a conflict of 2 and 3",
+            a.conflicts.map { it.name } == listOf("licensed_doctors") &&
+                a.conflicts.single().conflict?.toSet() == setOf<FieldValue>(FieldValue.Integer(2), FieldValue.Integer(3)))
+        check("edits of different fields merged (bus_service, road_km_hardened)",
+            a.fields.first { it.name == "bus_service" }.value == FieldValue.Bool(true) &&
+                a.fields.first { it.name == "road_km_hardened" }.value == FieldValue.Number(12.5))
+        check("both visits on both village phones", li4.app.village.visits.value.size == 2 && chen7.app.village.visits.value.size == 2)
+        val hours = zhang3.app.myRecords.hours.value
+        check("张三's hours: 4.0 submitted (2.5 + 1.5)", hours != null && hours.submittedHours == 4.0 && hours.submitted == 2uL)
+        check("the volunteer's phone holds only team:7 check-ins",
+            zhang3.app.repo.records().all { it.scope == "team:7" })
+
+        section("6. 李四 resolves the conflict (the clinic has 3 doctors); both phones sync")
+        li4.app.village.resolve(survey, "licensed_doctors", FieldValue.Integer(3)).join()
+        li4.say(li4.app.village.notice.value?.text ?: "")
+        syncAndShow(li4)
+        syncAndShow(chen7)
+        chen7.app.village.refresh().join()
+        val resolved = chen7.app.village.surveys.value.single()
+        check("陈七 sees the conflict resolved to 3",
+            resolved.conflicts.isEmpty() && resolved.fields.first { it.name == "licensed_doctors" }.value == FieldValue.Integer(3))
+
+        section("7. The server's merged records (fieldsync-server export --format json)")
+        server.stop()
+        val export = server.admin("export", "--format", "json").lines().filter { it.trimStart().startsWith("{") }
+        export.forEach { println("   $it") }
+        check("the server holds all 5 records (1 survey, 2 visits, 2 check-ins)", export.size == 5)
+        check("the server's survey has no conflict left", export.any {
+            it.contains("\"village_survey\"") && it.contains("\"licensed_doctors\":3") && it.contains("\"conflicts\":{}")
+        })
+    }
+
+    private fun surveyId(p: Phone): String = p.app.village.surveys.value.first().id
+
+    private suspend fun syncAndShow(p: Phone) {
+        val steps = mutableListOf<String>()
+        val stop = p.app.sync.status.observe { s ->
+            if (s is SyncViewModel.Status.Running) steps += "${s.done}/${s.total}"
+        }
+        p.app.sync.refresh().join()
+        p.app.sync.sync().join()
+        stop()
+        when (val s = p.app.sync.status.value) {
+            is SyncViewModel.Status.Done -> p.say(
+                "sync: progress ${steps.distinct().joinToString(" → ")}; sent ${s.report.sent}, " +
+                    "received ${s.report.received}, refused ${s.report.refused.size}",
+            )
+            is SyncViewModel.Status.Failed -> p.say("sync failed: ${s.message}")
+            else -> p.say("sync: $s")
+        }
+        p.app.village.refresh().join()
+        p.app.myRecords.refresh().join()
+    }
+
+    private suspend fun showVillage(p: Phone) {
+        p.app.village.refresh().join()
+        for (s in p.app.village.surveys.value) {
+            p.say("survey ${s.village} (${s.scope})")
+            for (f in s.fields.filter { it.value != null }) {
+                val conflict = f.conflict?.let { "   ⚠ conflict: ${it.joinToString(" | ") { v -> v.display() }}" } ?: ""
+                println("      ${f.name}: ${f.value?.display()}$conflict")
+            }
+        }
+        for (v in p.app.village.visits.value) {
+            p.say("visit ${v.fields["household"]?.display()} at ${v.fields["visited_at"]?.display()}: needs ${v.fields["needs"]?.display() ?: "-"}")
+        }
+    }
+
+    private suspend fun showMyRecords(p: Phone) {
+        p.app.myRecords.refresh().join()
+        p.say("my check-ins:")
+        for (r in p.app.myRecords.rows.value) {
+            println("      ${r.startedAt.substring(11, 16)}–${r.endedAt?.substring(11, 16) ?: "open"} ${r.activity} @ ${r.place}: ${r.hours ?: "-"} h, ${r.status}")
+        }
+        val h = p.app.myRecords.hours.value
+        p.say("my hours: confirmed ${h?.confirmedHours} h, submitted ${h?.submittedHours} h, open ${h?.open}")
+    }
+
+    companion object {
+        fun main(): Int {
+            val dir = Files.createTempDirectory("fieldsync-demo").toFile()
+            return try {
+                Scenario(dir).run()
+            } finally {
+                dir.deleteRecursively()
+            }
+        }
+    }
+}
