@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds libfieldsync_bindings and generates its Kotlin, Swift and Python sources.
 #
-#   bash bindings/generate.sh            # debug build (what the tests use)
+#   bash bindings/generate.sh            # debug build of the workspace (what the tests use)
 #   bash bindings/generate.sh --release  # optimised build, as an app would ship
 #
 # Output (build output, git-ignored), under $CARGO_TARGET_DIR or ./target:
@@ -32,10 +32,19 @@ case "$(uname -s)" in
   *) libfile=libfieldsync_bindings.so ;;
 esac
 
-echo "== building fieldsync-bindings ($profile) and uniffi-bindgen"
-# The generator is a build tool: always the debug build, whatever the library's profile.
-cargo build -p fieldsync-bindings "${cargo_profile[@]}"
-cargo build -p uniffi-bindgen
+if [ "$profile" = debug ]; then
+  echo "== building the workspace (debug): library, uniffi-bindgen, fieldsync-server"
+  # The very build `cargo test --workspace` makes (features unified over the whole workspace),
+  # so the tests, the server the bindings tests start and the library share one set of
+  # artifacts: building one package alone would unify features differently and rebuild many
+  # dependencies (minutes on two cores).
+  cargo build --workspace --all-targets
+else
+  echo "== building fieldsync-bindings ($profile) and uniffi-bindgen"
+  # The generator is a build tool: always the debug build, whatever the library's profile.
+  cargo build -p fieldsync-bindings "${cargo_profile[@]}"
+  cargo build -p uniffi-bindgen
+fi
 
 lib="$target/$profile/$libfile"
 bindgen="$target/debug/uniffi-bindgen"

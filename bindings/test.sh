@@ -45,8 +45,8 @@ fatal() {
 
 mkdir -p "$log_dir"
 
-step "build fieldsync-server" cargo build -p fieldsync-server || fatal "build fieldsync-server"
-step "build library + generate sources" bash bindings/generate.sh || fatal "generate"
+# generate.sh builds the workspace in debug: the library, the generator and fieldsync-server.
+step "build workspace + generate sources" bash bindings/generate.sh || fatal "generate"
 
 # --- Python ------------------------------------------------------------------------------
 python=${PYTHON:-python3}

@@ -14,10 +14,8 @@ cd "$root"
 target=${CARGO_TARGET_DIR:-$root/target}
 
 # Build output goes to stderr so a scripted run's stdout is the scenario alone.
-{
-  cargo build -q -p fieldsync-server
-  bash bindings/generate.sh >/dev/null
-} 1>&2
+# generate.sh builds the workspace in debug: fieldsync-server and the library among it.
+bash bindings/generate.sh >/dev/null
 # shellcheck source=../bindings/jvm/kotlin-env.sh
 source bindings/jvm/kotlin-env.sh
 {
