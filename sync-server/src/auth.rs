@@ -94,6 +94,8 @@ pub fn login(
         expires_at: now + SESSION_SECONDS,
     };
     store.put_session(&secret_hash(&secret), &session)?;
+    // Sessions nobody logged out of would otherwise pile up; logins are rare enough to sweep.
+    store.prune_sessions(now)?;
     Ok((secret, user, session))
 }
 
@@ -213,6 +215,10 @@ mod tests {
                 .is_none()
         );
         assert!(session_user(&store, "forged", 101).expect("read").is_none());
+        // A session that was never used again after it ended is swept at the next login.
+        let (stale, _, first) = login(&store, "li", "correct horse", 200).expect("login");
+        login(&store, "li", "correct horse", first.expires_at).expect("login");
+        assert!(store.session(&secret_hash(&stale)).expect("read").is_none());
     }
 
     #[test]

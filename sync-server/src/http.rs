@@ -7,6 +7,7 @@
 //! cannot be sent by a browser on its own, so it needs none. Unauthenticated requests get 401,
 //! the wrong role 403, bad input 400 with a message; none of them change anything.
 
+pub mod conn;
 pub mod pages;
 
 use std::net::SocketAddr;
@@ -58,6 +59,7 @@ type AppState = Arc<HttpState>;
 /// Serves the dashboard and the API on `listener` until `shutdown` turns true.
 pub async fn run(
     listener: tokio::net::TcpListener,
+    limits: conn::HttpLimits,
     state: AppState,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -65,6 +67,7 @@ pub async fn run(
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
+    let listener = conn::CappedListener::new(listener, limits);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await

@@ -230,6 +230,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Cookies without `Secure`, for plain HTTP on a trusted network.
     pub insecure_cookies: bool,
+    /// Connections the dashboard serves at once, and how long one may idle.
+    pub http_limits: http::conn::HttpLimits,
 }
 
 impl ServeOptions {
@@ -240,6 +242,7 @@ impl ServeOptions {
             http: None,
             limits: Limits::default(),
             insecure_cookies: false,
+            http_limits: http::conn::HttpLimits::default(),
         }
     }
 }
@@ -293,14 +296,23 @@ pub fn start_with(
     let mut http_addr = None;
     let http_task = match http_listener {
         Some(listener) => {
-            http_addr = Some(listener.local_addr().map_err(io_err(Path::new("http socket")))?);
+            http_addr = Some(
+                listener
+                    .local_addr()
+                    .map_err(io_err(Path::new("http socket")))?,
+            );
             let state = Arc::new(http::HttpState {
                 shared: shared.clone(),
                 sync_addr: local,
                 fingerprint: hex::encode(tls::fingerprint(&identity.cert)),
                 secure_cookies: !options.insecure_cookies,
             });
-            Some(tokio::spawn(http::run(listener, state, rx.clone())))
+            Some(tokio::spawn(http::run(
+                listener,
+                options.http_limits,
+                state,
+                rx.clone(),
+            )))
         }
         None => None,
     };

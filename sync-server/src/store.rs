@@ -284,6 +284,28 @@ impl ServerStore {
             .transpose()
     }
 
+    /// Removes every session that ended before `now`; returns how many.
+    pub fn prune_sessions(&self, now: i64) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write()?;
+        let removed = {
+            let mut table = tx.open_table(SESSIONS)?;
+            let mut ended = Vec::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                let session: WebSession = unjson(value.value())?;
+                if session.expires_at <= now {
+                    ended.push(key.value().to_string());
+                }
+            }
+            for key in &ended {
+                table.remove(key.as_str())?;
+            }
+            ended.len()
+        };
+        tx.commit()?;
+        Ok(removed)
+    }
+
     pub fn delete_session(&self, secret_hash: &str) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         tx.open_table(SESSIONS)?.remove(secret_hash)?;
@@ -342,7 +364,10 @@ impl ServerStore {
     pub fn record_view(&self, id: Uuid) -> Result<Option<RecordView>, StoreError> {
         let tx = self.db.begin_read()?;
         let views = tx.open_table(VIEWS)?;
-        views.get(id.as_u128())?.map(|v| unjson(v.value())).transpose()
+        views
+            .get(id.as_u128())?
+            .map(|v| unjson(v.value()))
+            .transpose()
     }
 
     /// Consumes a code for a device, durably; a code enrolls one device, once.
