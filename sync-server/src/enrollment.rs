@@ -43,6 +43,16 @@ pub fn issue(store: &ServerStore, user: &User, ttl_secs: i64) -> Result<Issued, 
         };
         check_scope(kind, scope).map_err(|e| e.to_string())?;
     }
+    // A device user must not silently replace an office or admin account of the same id.
+    if let Some(existing) = store.user(&user.id).map_err(|e| e.to_string())?
+        && matches!(existing.role, Role::Office | Role::Admin)
+        && existing.role != user.role
+    {
+        return Err(format!(
+            "{} is a {} account; choose another user id for this device",
+            user.id, existing.role
+        ));
+    }
     let code = new_code()?;
     let expires_at = chrono::Utc::now().timestamp() + ttl_secs;
     store
@@ -93,5 +103,31 @@ mod tests {
         );
         assert_eq!(server_address(one, Some("sync.example")), "10.0.0.5:4433");
         assert_eq!(server_address(any, None), "0.0.0.0:4433");
+    }
+
+    #[test]
+    fn a_device_code_never_replaces_a_staff_account() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ServerStore::open(dir.path()).expect("store");
+        let office = User {
+            id: "li".into(),
+            name: "李四".into(),
+            role: Role::Office,
+            scopes: vec![],
+        };
+        crate::auth::add_staff(&store, &office, "long enough").expect("staff");
+        let device_user = User {
+            role: Role::Volunteer,
+            scopes: vec!["team:1".into()],
+            ..office.clone()
+        };
+        let refused = issue(&store, &device_user, 3600).err().unwrap_or_default();
+        assert!(refused.contains("office account"), "{refused}");
+        assert_eq!(store.user("li").expect("read"), Some(office));
+        let other = User {
+            id: "li-phone".into(),
+            ..device_user
+        };
+        assert!(issue(&store, &other, 3600).is_ok());
     }
 }

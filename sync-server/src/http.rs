@@ -218,8 +218,14 @@ impl Staff {
     }
 }
 
-/// Finds the caller from a bearer token or the session cookie; None if neither is valid.
+/// Finds the caller from a bearer token or the session cookie; None if neither is valid, or if
+/// the user behind it is no longer office or admin staff.
 pub fn identify(state: &HttpState, headers: &HeaderMap) -> Result<Option<Staff>, ApiError> {
+    Ok(credential_owner(state, headers)?
+        .filter(|staff| matches!(staff.user.role, Role::Office | Role::Admin)))
+}
+
+fn credential_owner(state: &HttpState, headers: &HeaderMap) -> Result<Option<Staff>, ApiError> {
     let store = &state.shared.store;
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let token = value
