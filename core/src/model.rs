@@ -602,7 +602,10 @@ mod tests {
             FieldValue::Number(18446744073709551615.0)
         );
         for bad in ["null", "{}", "[1]", "[[\"a\"]]"] {
-            assert!(serde_json::from_str::<FieldValue>(bad).is_err(), "{bad} accepted");
+            assert!(
+                serde_json::from_str::<FieldValue>(bad).is_err(),
+                "{bad} accepted"
+            );
         }
     }
 }

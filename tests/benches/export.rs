@@ -160,7 +160,8 @@ fn fill(dir: &DataDir, n: usize) -> Result<(), Box<dyn std::error::Error>> {
             let prepared = dir.store.prepare(&ctx, push, &limits)?;
             rounds.push((ctx, prepared));
         }
-        dir.store.commit_rounds(rounds, &limits, 1_764_300_000_000)?;
+        dir.store
+            .commit_rounds(rounds, &limits, 1_764_300_000_000)?;
     }
     Ok(())
 }

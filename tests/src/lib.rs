@@ -49,7 +49,10 @@ impl TestServer {
     /// accounts: office user `office` and admin user `admin`, both with password [`PASSWORD`].
     pub fn start_http(root: &Path) -> TestServer {
         let dir = DataDir::init(&root.join("server")).expect("init data folder");
-        for (id, name, role) in [("office", "办公室小李", Role::Office), ("admin", "管理员", Role::Admin)] {
+        for (id, name, role) in [
+            ("office", "办公室小李", Role::Office),
+            ("admin", "管理员", Role::Admin),
+        ] {
             let user = User {
                 id: id.into(),
                 name: name.into(),
