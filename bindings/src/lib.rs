@@ -28,7 +28,7 @@ mod types;
 pub use error::FieldSyncError;
 pub use types::{
     Enrollment, FieldRecord, FieldSpec, FieldType, FieldValue, HistoryEntry, HoursSummary, Refusal,
-    Role, SyncReport,
+    Role, SyncProgress, SyncReport,
 };
 
 uniffi::setup_scaffolding!("fieldsync");
@@ -39,10 +39,10 @@ uniffi::setup_scaffolding!("fieldsync");
 /// UI thread before touching views.
 #[uniffi::export(with_foreign)]
 pub trait SyncProgressListener: Send + Sync {
-    /// `done` records of `total` are through: pushed and answered by the server, or received
-    /// and stored. `total` starts as the number of pending records and grows once the server
-    /// says how many changed in the user's scopes; the last call has `done == total`.
-    fn on_progress(&self, done: u64, total: u64);
+    /// Records sent out of those to send, and received out of those to receive. Called at
+    /// the start (nothing done), after each answer and each stored batch, and at the end, when
+    /// `sent == to_send` and `received == to_receive`.
+    fn on_progress(&self, progress: SyncProgress);
 }
 
 /// A phone's store of records: open it once per app process and share it.
@@ -217,9 +217,9 @@ impl FieldStore {
         listener: Option<Arc<dyn SyncProgressListener>>,
     ) -> Result<SyncReport, FieldSyncError> {
         let _one_round_at_a_time = self.sync_lock.lock().await;
-        let mut progress = |done: usize, total: usize| {
+        let mut progress = |p: fieldsync_core::sync::Progress| {
             if let Some(l) = &listener {
-                l.on_progress(types::count(done), types::count(total));
+                l.on_progress(p.into());
             }
         };
         let (report, _wire_bytes) = client::sync(&self.inner, &mut progress).await?;

@@ -164,6 +164,31 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// How far a sync round has come, in records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct SyncProgress {
+    /// Pending records pushed and answered by the server (accepted or refused).
+    pub sent: u64,
+    /// Records pending when the round started.
+    pub to_send: u64,
+    /// Records received and stored.
+    pub received: u64,
+    /// Records this phone lacks changes of: 0 until the round has compared with the server's
+    /// list of what changed, then the final count (it can grow when a big pull is paged).
+    pub to_receive: u64,
+}
+
+impl From<fieldsync_core::sync::Progress> for SyncProgress {
+    fn from(p: fieldsync_core::sync::Progress) -> Self {
+        SyncProgress {
+            sent: count(p.sent),
+            to_send: count(p.to_send),
+            received: count(p.received),
+            to_receive: count(p.to_receive),
+        }
+    }
+}
+
 /// The outcome of one sync round.
 #[derive(Clone, Debug, PartialEq, uniffi::Record)]
 pub struct SyncReport {

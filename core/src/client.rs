@@ -11,7 +11,7 @@ use crate::protocol::{
     PROTOCOL_VERSION, ProtocolError, ServerMsg,
 };
 use crate::store::{DeviceStore, EnrollmentInfo, StoreError};
-use crate::sync::{RoundDriver, RoundError, RoundReport, drive_round};
+use crate::sync::{Progress, RoundDriver, RoundError, RoundReport, drive_round};
 use crate::tls::{self, KeyAndCert, TlsError};
 
 /// How long closing a connection may wait for the close to be sent.
@@ -224,10 +224,10 @@ pub async fn enroll(
     }
 }
 
-/// Runs one sync round for the store's device, reporting (done, total) documents.
+/// Runs one sync round for the store's device, reporting its progress as it goes.
 pub async fn sync(
     store: &DeviceStore,
-    progress: &mut (dyn FnMut(usize, usize) + Send),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<(RoundReport, (u64, u64)), ClientError> {
     let info = store.enrollment()?.ok_or(ClientError::NotEnrolled)?;
     let fingerprint = tls::parse_fingerprint(&info.fingerprint)?;
@@ -248,7 +248,7 @@ pub async fn sync(
 struct QuicDriver<'a> {
     conn: &'a Connection,
     store: &'a DeviceStore,
-    progress: &'a mut (dyn FnMut(usize, usize) + Send),
+    progress: &'a mut (dyn FnMut(Progress) + Send),
 }
 
 impl RoundDriver for QuicDriver<'_> {
@@ -277,7 +277,7 @@ impl RoundDriver for QuicDriver<'_> {
         Ok(self.store.apply(&docs, &cursors)?)
     }
 
-    fn progress(&mut self, done: usize, total: usize) {
-        (self.progress)(done, total)
+    fn progress(&mut self, progress: Progress) {
+        (self.progress)(progress)
     }
 }

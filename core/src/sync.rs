@@ -268,7 +268,21 @@ pub struct Pending {
     pub heads: Vec<Hash>,
 }
 
-/// Counts of one sync round, for progress and reports.
+/// How far a sync round has come, in documents, for progress bars.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Pending documents pushed and answered by the server (accepted or refused).
+    pub sent: usize,
+    /// Documents pending when the round started.
+    pub to_send: usize,
+    /// Documents received and stored.
+    pub received: usize,
+    /// Documents the device lacks changes of; 0 until the round has compared heads with the
+    /// server's list of what changed, then grows to the final count.
+    pub to_receive: usize,
+}
+
+/// Counts of one sync round, for reports.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoundReport {
     /// Documents the server accepted.
@@ -533,8 +547,9 @@ pub trait RoundDriver {
         changed: &[crate::protocol::Changed],
     ) -> Result<Vec<(DocId, Vec<Hash>)>, Self::Error>;
     fn apply(&mut self, docs: Vec<DocData>, cursors: Vec<Cursor>) -> Result<(), Self::Error>;
-    /// Called with (documents done, documents in all) as the round goes.
-    fn progress(&mut self, _done: usize, _total: usize) {}
+    /// Called as the round goes: at its start, after each acknowledgement, fetch and apply,
+    /// and at its end.
+    fn progress(&mut self, _progress: Progress) {}
 }
 
 /// Drives one round to its end.
@@ -543,24 +558,29 @@ pub async fn drive_round<D: RoundDriver>(
     pending: Vec<Pending>,
     cursors: Vec<Cursor>,
 ) -> Result<RoundReport, D::Error> {
-    let mut total = pending.len();
-    let mut done = 0;
-    driver.progress(done, total);
+    let mut progress = Progress {
+        to_send: pending.len(),
+        ..Progress::default()
+    };
+    driver.progress(progress);
     let (mut round, effects) = ClientRound::start(pending, cursors);
     let mut queue: VecDeque<Effect> = effects.into();
     while let Some(effect) = queue.pop_front() {
         let next = match effect {
             Effect::Send(msg) => {
-                let reply = driver.exchange(msg).await?;
-                if let ServerMsg::SyncReply(r) = &reply {
-                    total += r.changed.len();
+                // A pull that does not fit one reply is fetched over several `Fetch`es, each
+                // asking for what is still missing.
+                if let ClientMsg::Fetch { want, .. } = &msg {
+                    progress.to_receive = progress.received + want.len();
+                    driver.progress(progress);
                 }
+                let reply = driver.exchange(msg).await?;
                 round.handle(Input::Reply(reply))?
             }
             Effect::Acknowledge { accepted, refused } => {
-                done += accepted.len() + refused.len();
+                progress.sent += accepted.len() + refused.len();
                 driver.acknowledge(accepted, refused)?;
-                driver.progress(done, total);
+                driver.progress(progress);
                 Vec::new()
             }
             Effect::LookupHeads(changed) => {
@@ -568,13 +588,13 @@ pub async fn drive_round<D: RoundDriver>(
                 round.handle(Input::LocalHeads(heads))?
             }
             Effect::Apply { docs, cursors } => {
+                progress.received += docs.len();
                 driver.apply(docs, cursors)?;
-                done = total;
-                driver.progress(done, total);
+                driver.progress(progress);
                 Vec::new()
             }
             Effect::Done(report) => {
-                driver.progress(total, total);
+                driver.progress(progress);
                 return Ok(report);
             }
         };

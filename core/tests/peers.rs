@@ -131,6 +131,7 @@ struct InProcess<'a> {
     peer: &'a Peer,
     server: &'a mut MemoryBackend,
     exchanges: usize,
+    progress: Vec<sync::Progress>,
 }
 
 impl RoundDriver for InProcess<'_> {
@@ -176,6 +177,9 @@ impl RoundDriver for InProcess<'_> {
             .apply(&docs, &cursors)
             .map_err(|e| e.to_string())?)
     }
+    fn progress(&mut self, progress: sync::Progress) {
+        self.progress.push(progress);
+    }
 }
 
 /// The harness's error: any failure is a test failure, with its message.
@@ -201,15 +205,49 @@ fn sync_peer(peer: &Peer, server: &mut MemoryBackend) -> (sync::RoundReport, usi
         peer,
         server,
         exchanges: 0,
+        progress: Vec::new(),
     };
+    let pending_count = pending.len();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     let report = rt
         .block_on(sync::drive_round(&mut driver, pending, cursors))
         .unwrap();
+    assert_progress_sane(&driver.progress, pending_count, &report);
     let exchanges = driver.exchanges;
     (report, exchanges)
+}
+
+/// Progress starts at nothing done of what is pending, never goes back or past its totals,
+/// and ends with every sent and received document the report counts.
+fn assert_progress_sane(calls: &[sync::Progress], pending: usize, report: &sync::RoundReport) {
+    let first = calls.first().expect("progress reported");
+    assert_eq!(
+        *first,
+        sync::Progress {
+            to_send: pending,
+            ..Default::default()
+        }
+    );
+    for pair in calls.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        assert!(
+            b.sent >= a.sent && b.received >= a.received && b.to_receive >= a.to_receive,
+            "progress went backwards: {calls:?}"
+        );
+    }
+    for p in calls {
+        assert!(
+            p.sent <= p.to_send && p.received <= p.to_receive,
+            "{calls:?}"
+        );
+    }
+    let last = calls.last().expect("progress reported");
+    assert_eq!(last.sent, report.sent + report.refused.len(), "{calls:?}");
+    assert_eq!(last.sent, last.to_send, "{calls:?}");
+    assert_eq!(last.received, report.received, "{calls:?}");
+    assert_eq!(last.received, last.to_receive, "{calls:?}");
 }
 
 /// xorshift64*: deterministic and dependency-free.

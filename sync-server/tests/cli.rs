@@ -188,7 +188,7 @@ async fn serve_initialises_enroll_fails_while_it_runs_and_export_shows_the_recor
     .map(|(k, v)| (k.to_string(), FieldValue::Text(v.to_string())))
     .collect();
     let id = phone.create(Kind::CheckIn, "team:1", &fields).unwrap().id;
-    fieldsync_core::client::sync(&phone, &mut |_, _| {})
+    fieldsync_core::client::sync(&phone, &mut |_| {})
         .await
         .unwrap();
     let _ = Command::new("kill")

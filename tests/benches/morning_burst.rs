@@ -283,7 +283,7 @@ fn run() -> BenchResult<bool> {
     let idle_started = Instant::now();
     let (idle_report, (base_tx, base_rx)) = server
         .rt
-        .block_on(client::sync(&idle, &mut |_, _| {}))
+        .block_on(client::sync(&idle, &mut |_| {}))
         .map_err(|e| format!("baseline round: {e}"))?;
     let idle_secs = idle_started.elapsed().as_secs_f64();
 
@@ -809,9 +809,9 @@ fn device(
     // connection is closed.
     let mut acked = None;
     let mut completed = None;
-    let mut progress = |done: usize, _total: usize| {
+    let mut progress = |p: fieldsync_core::sync::Progress| {
         let now = Instant::now();
-        if done > 0 && acked.is_none() {
+        if p.sent > 0 && acked.is_none() {
             acked = Some(now);
         }
         completed = Some(now);

@@ -196,9 +196,7 @@ impl Phone {
     }
 
     pub async fn sync(&self) -> Result<RoundReport, ClientError> {
-        client::sync(&self.store, &mut |_, _| {})
-            .await
-            .map(|(r, _)| r)
+        client::sync(&self.store, &mut |_| {}).await.map(|(r, _)| r)
     }
 
     pub fn records(&self) -> BTreeMap<String, RecordView> {

@@ -201,7 +201,7 @@ impl Server {
         )?;
         let (report, _) = within(
             "the good device's sync",
-            client::sync(&self.good, &mut |_, _| {}),
+            client::sync(&self.good, &mut |_| {}),
         )
         .await?;
         assert_eq!(
@@ -658,7 +658,7 @@ async fn an_oversized_request_from_the_client_gets_the_servers_clear_error() -> 
     let mut fields = good_fields("大记录");
     fields.push(("note".into(), FieldValue::Text(huge)));
     mallory.create(Kind::CheckIn, "team:1", &fields)?;
-    match within("oversized sync", client::sync(&mallory, &mut |_, _| {})).await {
+    match within("oversized sync", client::sync(&mallory, &mut |_| {})).await {
         Err(ClientError::Refused { code, message }) => {
             assert_eq!(code, ErrorCode::TooLarge, "{message}");
             assert_mentions(&message, &[&MAX_FRAME.to_string()], "oversized sync");
@@ -768,11 +768,7 @@ async fn a_change_with_a_bad_checksum_is_refused() -> TestResult {
     if accepted {
         // Show the consequence before failing: the good device of the same scope can no
         // longer sync at all.
-        let synced = within(
-            "sync after the poison",
-            client::sync(&h.good, &mut |_, _| {}),
-        )
-        .await;
+        let synced = within("sync after the poison", client::sync(&h.good, &mut |_| {})).await;
         panic!(
             "a change with a bad checksum was accepted and stored; the next sync of another \
              device in its scope gives: {synced:?}"
@@ -1099,7 +1095,7 @@ async fn an_unknown_device_is_unauthorized() -> TestResult {
 
     // Without an enrollment the client does not even try.
     assert!(matches!(
-        client::sync(&stranger, &mut |_, _| {}).await,
+        client::sync(&stranger, &mut |_| {}).await,
         Err(ClientError::NotEnrolled)
     ));
 
@@ -1140,7 +1136,7 @@ async fn an_unknown_device_is_unauthorized() -> TestResult {
         scopes: vec!["team:1".into()],
     })?;
     stranger.create(Kind::CheckIn, "team:1", &good_fields("冒充"))?;
-    match within("forged sync", client::sync(&stranger, &mut |_, _| {})).await {
+    match within("forged sync", client::sync(&stranger, &mut |_| {})).await {
         Err(ClientError::Refused { code, message }) => {
             assert_eq!(code, ErrorCode::Unauthorized, "{message}");
             assert_mentions(&message, &["not enrolled"], "forged enrollment");
@@ -1169,13 +1165,13 @@ async fn a_revoked_device_is_refused() -> TestResult {
 
     // Before revocation it syncs like any device.
     lost.create(Kind::CheckIn, "team:1", &good_fields("修路"))?;
-    let (report, _) = within("sync before revoke", client::sync(&lost, &mut |_, _| {})).await?;
+    let (report, _) = within("sync before revoke", client::sync(&lost, &mut |_| {})).await?;
     assert_eq!(report.sent, 1);
     h.note_stored(1);
 
     h.dir.store.revoke(&lost.device_id())?;
     lost.create(Kind::CheckIn, "team:1", &good_fields("被盗后"))?;
-    match within("sync after revoke", client::sync(&lost, &mut |_, _| {})).await {
+    match within("sync after revoke", client::sync(&lost, &mut |_| {})).await {
         Err(ClientError::Refused { code, message }) => {
             assert_eq!(code, ErrorCode::Unauthorized, "{message}");
             assert_mentions(&message, &["revoked"], "revoked sync");
@@ -1324,7 +1320,7 @@ async fn expired_reused_and_unknown_codes_are_refused() -> TestResult {
     for refused in [&late, &second] {
         assert!(devices.iter().all(|d| d.device_id != refused.device_id()));
         assert!(matches!(
-            client::sync(refused, &mut |_, _| {}).await,
+            client::sync(refused, &mut |_| {}).await,
             Err(ClientError::NotEnrolled)
         ));
     }

@@ -68,7 +68,7 @@ async fn server_killed_mid_round_holds_exactly_the_records_after_the_next_round(
     let store = std::sync::Arc::new(phone.store);
     let syncing = {
         let store = store.clone();
-        tokio::spawn(async move { client::sync(&store, &mut |_, _| {}).await })
+        tokio::spawn(async move { client::sync(&store, &mut |_| {}).await })
     };
     let server_ref = &server;
     let saw_commit = tokio::task::block_in_place(|| {
@@ -91,7 +91,7 @@ async fn server_killed_mid_round_holds_exactly_the_records_after_the_next_round(
     let server = ServerProcess::spawn(&data, &addr.to_string());
 
     // The next round completes.
-    let (report, _) = client::sync(&store, &mut |_, _| {}).await.unwrap();
+    let (report, _) = client::sync(&store, &mut |_| {}).await.unwrap();
     assert!(report.refused.is_empty());
     assert_eq!(store.pending_count().unwrap(), 0);
     server.kill();

@@ -18,6 +18,7 @@ import org.fieldsync.FieldStore
 import org.fieldsync.FieldSyncException
 import org.fieldsync.FieldValue
 import org.fieldsync.Role
+import org.fieldsync.SyncProgress
 import org.fieldsync.SyncProgressListener
 import org.fieldsync.SyncReport
 import org.fieldsync.fieldSchema
@@ -52,24 +53,28 @@ inline fun <reified E : Throwable> expectThrows(what: String, block: () -> Unit)
 
 /** Records every progress report of one sync round and checks them for sanity. */
 class Progress : SyncProgressListener {
-    val calls = mutableListOf<Pair<Long, Long>>()
+    val calls = mutableListOf<SyncProgress>()
 
     @Synchronized
-    override fun onProgress(done: ULong, total: ULong) {
-        calls += done.toLong() to total.toLong()
+    override fun onProgress(progress: SyncProgress) {
+        calls += progress
     }
 
     @Synchronized
     fun assertSane(report: SyncReport, pendingBefore: Long) {
         check(calls.isNotEmpty()) { "the progress listener was never called" }
-        checkEq(calls.first(), 0L to pendingBefore, "first progress report")
+        checkEq(calls.first(), SyncProgress(0u, pendingBefore.toULong(), 0u, 0u), "first progress report")
         calls.zipWithNext().forEach { (a, b) ->
-            check(b.first >= a.first && b.second >= a.second) { "progress went backwards: $calls" }
+            check(b.sent >= a.sent && b.received >= a.received && b.toReceive >= a.toReceive) {
+                "progress went backwards: $calls"
+            }
         }
-        check(calls.all { it.first <= it.second }) { "done past total: $calls" }
-        check(calls.last().first == calls.last().second) { "did not end complete: $calls" }
-        val moved = report.sent + report.received + report.refused.size.toULong()
-        check(calls.last().second >= moved.toLong()) { "total $calls below what moved: $report" }
+        check(calls.all { it.sent <= it.toSend && it.received <= it.toReceive }) { "past a total: $calls" }
+        val last = calls.last()
+        checkEq(last.sent, report.sent + report.refused.size.toULong(), "records sent at the end")
+        checkEq(last.sent, last.toSend, "all sent at the end")
+        checkEq(last.received, report.received, "records received at the end")
+        checkEq(last.received, last.toReceive, "all received at the end")
     }
 }
 

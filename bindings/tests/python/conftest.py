@@ -196,23 +196,23 @@ class Progress(fieldsync.SyncProgressListener):
     """Records every progress report of a sync round."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
+        self.calls: list[fieldsync.SyncProgress] = []
 
-    def on_progress(self, done: int, total: int) -> None:
-        self.calls.append((done, total))
+    def on_progress(self, progress: fieldsync.SyncProgress) -> None:
+        self.calls.append(progress)
 
     def assert_sane(self, report: fieldsync.SyncReport, pending_before: int) -> None:
-        """Called at least at the start and the end; never backwards; never past the total;
-        ends complete; the total covers at least what the round moved."""
-        calls = self.calls
+        """Starts with nothing done of what was pending; never goes backwards or past its
+        totals; ends with everything sent and received that the report counts."""
+        calls = [(p.sent, p.to_send, p.received, p.to_receive) for p in self.calls]
         assert calls, "the progress listener was never called"
-        assert calls[0] == (0, pending_before), calls
-        for (d0, t0), (d1, t1) in zip(calls, calls[1:]):
-            assert d1 >= d0 and t1 >= t0, f"progress went backwards: {calls}"
-        assert all(d <= t for d, t in calls), calls
-        done, total = calls[-1]
-        assert done == total, calls
-        assert total >= report.sent + report.received + len(report.refused), (calls, report)
+        assert calls[0] == (0, pending_before, 0, 0), calls
+        for a, b in zip(calls, calls[1:]):
+            assert b[0] >= a[0] and b[2] >= a[2] and b[3] >= a[3], f"progress went backwards: {calls}"
+        assert all(s <= ts and r <= tr for s, ts, r, tr in calls), calls
+        sent, to_send, received, to_receive = calls[-1]
+        assert sent == to_send == report.sent + len(report.refused), (calls, report)
+        assert received == to_receive == report.received, (calls, report)
 
 
 def copy_data(src: Path, dst: Path) -> None:

@@ -200,7 +200,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Sync => {
             let (report, (tx, rx)) = runtime()?
-                .block_on(client::sync(&store, &mut |_, _| {}))
+                .block_on(client::sync(&store, &mut |_| {}))
                 .map_err(|e| format!("sync failed, local data untouched: {e}"))?;
             println!(
                 "sync: sent {}, received {}, refused {} ({} exchanges, {tx} bytes out, {rx} bytes in)",

@@ -11,6 +11,7 @@ import org.fieldsync.FieldValue
 import org.fieldsync.HistoryEntry
 import org.fieldsync.HoursSummary
 import org.fieldsync.Refusal
+import org.fieldsync.SyncProgress
 import org.fieldsync.SyncProgressListener
 import org.fieldsync.SyncReport
 import org.fieldsync.fieldSchema
@@ -118,10 +119,10 @@ class FieldRepository(
 
     suspend fun refused(): List<Refusal> = withContext(io) { store.refused() }
 
-    /** One sync round; [onProgress] gets (done, total) records as it goes. */
-    suspend fun sync(onProgress: (done: Long, total: Long) -> Unit): SyncReport =
+    /** One sync round; [onProgress] gets records sent and received out of their totals as it goes. */
+    suspend fun sync(onProgress: (SyncProgress) -> Unit): SyncReport =
         store.sync(object : SyncProgressListener {
-            override fun onProgress(done: ULong, total: ULong) = onProgress(done.toLong(), total.toLong())
+            override fun onProgress(progress: SyncProgress) = onProgress(progress)
         })
 
     /** The fields of [kind], for building its form. */

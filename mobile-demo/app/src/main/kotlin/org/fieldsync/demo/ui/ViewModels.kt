@@ -10,6 +10,7 @@ import org.fieldsync.FieldType
 import org.fieldsync.FieldValue
 import org.fieldsync.HoursSummary
 import org.fieldsync.Refusal
+import org.fieldsync.SyncProgress
 import org.fieldsync.SyncReport
 import org.fieldsync.demo.data.CheckInInput
 import org.fieldsync.demo.data.Clock
@@ -230,7 +231,11 @@ class VillageViewModel(private val repo: FieldRepository, private val scope: Cor
 class SyncViewModel(private val repo: FieldRepository, private val scope: CoroutineScope) {
     sealed class Status {
         object Idle : Status()
-        data class Running(val done: Long, val total: Long) : Status()
+        /** Sent and received so far; [done] of [total] drives a single progress bar. */
+        data class Running(val progress: SyncProgress) : Status() {
+            val done: Long get() = (progress.sent + progress.received).toLong()
+            val total: Long get() = (progress.toSend + progress.toReceive).toLong()
+        }
         data class Done(val report: SyncReport) : Status()
         data class Failed(val message: String, val cause: FieldSyncException) : Status()
     }
@@ -250,9 +255,9 @@ class SyncViewModel(private val repo: FieldRepository, private val scope: Corout
      */
     fun sync(): Job = scope.launch {
         if (status.value is Status.Running) return@launch
-        status.set(Status.Running(0, pending.value))
+        status.set(Status.Running(SyncProgress(0u, pending.value.toULong(), 0u, 0u)))
         try {
-            val report = repo.sync { done, total -> status.set(Status.Running(done, total)) }
+            val report = repo.sync { progress -> status.set(Status.Running(progress)) }
             status.set(Status.Done(report))
         } catch (e: FieldSyncException) {
             status.set(Status.Failed(userMessage(e), e))

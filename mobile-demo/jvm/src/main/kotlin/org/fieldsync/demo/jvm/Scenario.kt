@@ -183,7 +183,10 @@ class Scenario(private val workDir: File) {
     private suspend fun syncAndShow(p: Phone) {
         val steps = mutableListOf<String>()
         val stop = p.app.sync.status.observe { s ->
-            if (s is SyncViewModel.Status.Running) steps += "${s.done}/${s.total}"
+            if (s is SyncViewModel.Status.Running) {
+                val p = s.progress
+                steps += "↑${p.sent}/${p.toSend} ↓${p.received}/${p.toReceive}"
+            }
         }
         p.app.sync.refresh().join()
         p.app.sync.sync().join()
