@@ -202,6 +202,14 @@ impl Staff {
         }
     }
 
+    /// Admits an office change (review or resolve) of record `id`: the CSRF token of a browser
+    /// session, the office role, and a well-formed id, checked in that order.
+    pub fn office_change(&self, csrf: Option<&str>, id: &str) -> Result<Uuid, ApiError> {
+        self.check_csrf(csrf)?;
+        self.require(Role::Office)?;
+        parse_id(id)
+    }
+
     /// Refuses unless the user has `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.user.role == role {
@@ -390,9 +398,7 @@ async fn api_review(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<axum::Json<RecordView>, ApiError> {
-    staff.check_csrf(csrf_header(&headers))?;
-    staff.require(Role::Office)?;
-    let id = parse_id(&id)?;
+    let id = staff.office_change(csrf_header(&headers), &id)?;
     let body: ReviewBody = json_body(&body)?;
     let verdict = Verdict::parse(&body.status)?;
     let view = blocking(move || {
@@ -417,9 +423,7 @@ async fn api_resolve(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<axum::Json<RecordView>, ApiError> {
-    staff.check_csrf(csrf_header(&headers))?;
-    staff.require(Role::Office)?;
-    let id = parse_id(&id)?;
+    let id = staff.office_change(csrf_header(&headers), &id)?;
     let body: ResolveBody = json_body(&body)?;
     let view = blocking(move || {
         let now = chrono::Utc::now().timestamp();

@@ -643,9 +643,7 @@ async fn review_form(
     Form(form): Form<ReviewForm>,
 ) -> Result<Redirect, PageError> {
     let lang = page.lang;
-    page.staff.check_csrf(Some(&form.csrf)).page(lang)?;
-    page.staff.require(Role::Office).page(lang)?;
-    let id = parse_id(&id).page(lang)?;
+    let id = page.staff.office_change(Some(&form.csrf), &id).page(lang)?;
     let verdict = Verdict::parse(&form.status).page(lang)?;
     let user = page.staff.user.clone();
     blocking(move || {
@@ -776,9 +774,7 @@ async fn resolve_form(
     Form(form): Form<ResolveForm>,
 ) -> Result<Redirect, PageError> {
     let lang = page.lang;
-    page.staff.check_csrf(Some(&form.csrf)).page(lang)?;
-    page.staff.require(Role::Office).page(lang)?;
-    let id = parse_id(&id).page(lang)?;
+    let id = page.staff.office_change(Some(&form.csrf), &id).page(lang)?;
     let store = state.shared.store.clone();
     let kind = store
         .record_view(id)
