@@ -1,11 +1,11 @@
 //! The one error type foreign code sees, sorted by what the app can do about it.
 
-use fieldsync_core::client::ClientError;
-use fieldsync_core::model::ValidationError;
-use fieldsync_core::protocol::ErrorCode;
-use fieldsync_core::record::RecordError;
-use fieldsync_core::store::StoreError;
-use fieldsync_core::tls::TlsError;
+use fieldsync_device::client::ClientError;
+use fieldsync_device::store::StoreError;
+use fieldsync_device::tls::TlsError;
+use fieldsync_proto::model::ValidationError;
+use fieldsync_proto::protocol::ErrorCode;
+use fieldsync_proto::record::RecordError;
 
 /// Why a `FieldStore` call failed. Local data is unchanged by every one of these.
 ///

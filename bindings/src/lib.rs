@@ -1,4 +1,4 @@
-//! fieldsync-bindings: the uniffi facade over fieldsync-core that phones link.
+//! fieldsync-bindings: the uniffi facade over the device core (fieldsync-device, fieldsync-proto) that phones link.
 //!
 //! One object, [`FieldStore`], wraps core's [`DeviceStore`] the way mozilla's
 //! application-services wrap their Rust components: every method converts its arguments, calls
@@ -17,9 +17,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fieldsync_core::client;
-use fieldsync_core::model::{self, Kind};
-use fieldsync_core::store::{CheckInForm, DeviceStore};
+use fieldsync_device::client;
+use fieldsync_device::store::{CheckInForm, DeviceStore};
+use fieldsync_proto::model::{self, Kind};
 use uuid::Uuid;
 
 mod error;
@@ -217,7 +217,7 @@ impl FieldStore {
         listener: Option<Arc<dyn SyncProgressListener>>,
     ) -> Result<SyncReport, FieldSyncError> {
         let _one_round_at_a_time = self.sync_lock.lock().await;
-        let mut progress = |p: fieldsync_core::sync::Progress| {
+        let mut progress = |p: fieldsync_proto::sync::Progress| {
             if let Some(l) = &listener {
                 l.on_progress(p.into());
             }

@@ -6,11 +6,11 @@
 
 use std::collections::HashMap;
 
-use fieldsync_core::model::{self, FieldType as CoreFieldType};
-use fieldsync_core::record::{HistoryEntry as CoreHistoryEntry, RecordView};
-use fieldsync_core::store::{EnrollmentInfo, HoursSummary as CoreHoursSummary};
-use fieldsync_core::sync::RoundReport;
-use fieldsync_core::{Kind, Role as CoreRole};
+use fieldsync_device::store::{EnrollmentInfo, HoursSummary as CoreHoursSummary};
+use fieldsync_proto::model::{self, FieldType as CoreFieldType};
+use fieldsync_proto::record::{HistoryEntry as CoreHistoryEntry, RecordView};
+use fieldsync_proto::sync::RoundReport;
+use fieldsync_proto::{Kind, Role as CoreRole};
 
 /// The value of one field.
 ///
@@ -178,8 +178,8 @@ pub struct SyncProgress {
     pub to_receive: u64,
 }
 
-impl From<fieldsync_core::sync::Progress> for SyncProgress {
-    fn from(p: fieldsync_core::sync::Progress) -> Self {
+impl From<fieldsync_proto::sync::Progress> for SyncProgress {
+    fn from(p: fieldsync_proto::sync::Progress) -> Self {
         SyncProgress {
             sent: count(p.sent),
             to_send: count(p.to_send),

@@ -4,7 +4,7 @@
 //! of the data folder does not let anyone log in. Each session carries its own CSRF token,
 //! which every form posts back.
 
-use fieldsync_core::access::Role;
+use fieldsync_proto::access::Role;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::store::{ApiToken, ServerStore, StoreError, User, WebSession};

@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 
-use fieldsync_core::access::Role;
-use fieldsync_core::model::{Kind, check_scope};
+use fieldsync_proto::access::Role;
+use fieldsync_proto::model::{Kind, check_scope};
 
 use crate::store::{ServerStore, User};
 

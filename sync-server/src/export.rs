@@ -4,8 +4,8 @@
 
 use std::io::Write;
 
-use fieldsync_core::model::{FieldValue, Kind};
-use fieldsync_core::record::RecordView;
+use fieldsync_proto::model::{FieldValue, Kind};
+use fieldsync_proto::record::RecordView;
 
 use crate::store::{ServerStore, StoreError};
 

@@ -22,9 +22,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum_extra::extract::cookie::CookieJar;
 use bytes::Bytes;
-use fieldsync_core::access::Role;
-use fieldsync_core::model::Kind;
-use fieldsync_core::record::RecordView;
+use fieldsync_proto::access::Role;
+use fieldsync_proto::model::Kind;
+use fieldsync_proto::record::RecordView;
 use serde::Deserialize;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -303,11 +303,11 @@ impl RecordQuery {
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let status = given(&self.status);
         if let Some(s) = &status
-            && !fieldsync_core::model::STATUSES.contains(&s.as_str())
+            && !fieldsync_proto::model::STATUSES.contains(&s.as_str())
         {
             return Err(ApiError::bad_request(format!(
                 "status must be one of {}, not `{s}`",
-                fieldsync_core::model::STATUSES.join(", ")
+                fieldsync_proto::model::STATUSES.join(", ")
             )));
         }
         for day in [&self.from, &self.to].into_iter().filter_map(given) {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fieldsync_core::protocol::{Limits, Outcome, PushResult};
-use fieldsync_core::tls::{self, KeyAndCert};
+use fieldsync_device::tls::{self, KeyAndCert};
+use fieldsync_proto::protocol::{Limits, Outcome, PushResult};
 use tokio::sync::watch;
 
 pub use store::{ServerStore, StoreError};
@@ -71,7 +71,7 @@ impl DataDir {
             }
         }
         std::fs::create_dir_all(path).map_err(io_err(path))?;
-        let identity = KeyAndCert::generate(fieldsync_core::client::SERVER_NAME)?;
+        let identity = KeyAndCert::generate(fieldsync_proto::protocol::SERVER_NAME)?;
         write_private(&path.join(KEY_FILE), &identity.key_pkcs8)?;
         let cert_path = path.join(CERT_FILE);
         std::fs::write(&cert_path, &identity.cert).map_err(io_err(&cert_path))?;

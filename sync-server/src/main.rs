@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use fieldsync_core::Role;
-use fieldsync_core::model::Kind;
+use fieldsync_proto::Role;
+use fieldsync_proto::model::Kind;
 use fieldsync_server::export::{self, Format};
 use fieldsync_server::store::User;
 use fieldsync_server::{DataDir, DataError, ServeOptions, auth};

@@ -9,10 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use fieldsync_core::access::{DeviceCtx, Role};
-use fieldsync_core::model::{self, FieldValue, Kind};
-use fieldsync_core::protocol::{Outcome, PushDoc};
-use fieldsync_core::record::{Record, RecordView};
+use fieldsync_proto::access::{DeviceCtx, Role};
+use fieldsync_proto::model::{self, FieldValue, Kind};
+use fieldsync_proto::protocol::{Outcome, PushDoc};
+use fieldsync_proto::record::{Record, RecordView};
 use serde::Serialize;
 use uuid::Uuid;
 

@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fieldsync_core::access::DeviceCtx;
-use fieldsync_core::client::close;
-use fieldsync_core::protocol::{
+use fieldsync_device::tls;
+use fieldsync_proto::access::DeviceCtx;
+use fieldsync_proto::protocol::close;
+use fieldsync_proto::protocol::{
     self, ClientMsg, Enrollment, ErrorCode, LENGTH_PREFIX, Limits, PROTOCOL_VERSION, ServerMsg,
 };
-use fieldsync_core::tls;
 use tokio::sync::{Semaphore, watch};
 
 use crate::Metrics;
@@ -277,7 +277,7 @@ async fn serve_blocking(shared: &Arc<Shared>, ctx: DeviceCtx, msg: ClientMsg) ->
             committer: &shared.committer,
             limits: &shared.limits,
         };
-        let reply = fieldsync_core::sync::serve(&mut backend, &ctx, msg, &shared.limits);
+        let reply = fieldsync_proto::sync::serve(&mut backend, &ctx, msg, &shared.limits);
         if let ServerMsg::SyncReply(r) = &reply {
             shared.metrics.record_results(&r.results);
         }

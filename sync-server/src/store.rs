@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use fieldsync_core::access::{DeviceCtx, Role};
-use fieldsync_core::model::Kind;
-use fieldsync_core::protocol::{
+use fieldsync_proto::access::{DeviceCtx, Role};
+use fieldsync_proto::model::Kind;
+use fieldsync_proto::protocol::{
     Changed, Cursor, DocData, Hash, Limits, Outcome, PushDoc, PushResult, SyncReply, Want,
 };
-use fieldsync_core::record::RecordView;
-use fieldsync_core::sync::{self, StoredDoc, SyncBackend};
+use fieldsync_proto::record::RecordView;
+use fieldsync_proto::sync::{self, StoredDoc, SyncBackend};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -78,7 +78,7 @@ pub enum StoreError {
     NotFound(String),
 }
 
-fieldsync_core::impl_from_redb!(StoreError);
+fieldsync_device::impl_from_redb!(StoreError);
 
 impl StoreError {
     /// Whether the database must be closed and reopened before it accepts writes again (redb

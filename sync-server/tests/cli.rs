@@ -5,8 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fieldsync_core::model::{FieldValue, Kind};
-use fieldsync_core::store::DeviceStore;
+use fieldsync_device::store::DeviceStore;
+use fieldsync_proto::model::{FieldValue, Kind};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldsync-server");
 
@@ -172,7 +172,7 @@ async fn serve_initialises_enroll_fails_while_it_runs_and_export_shows_the_recor
         .starts_with("listening on")
     {}
     let phone = DeviceStore::open(&tmp.path().join("phone")).unwrap();
-    fieldsync_core::client::enroll(&phone, &addr, &fingerprint, &code)
+    fieldsync_device::client::enroll(&phone, &addr, &fingerprint, &code)
         .await
         .unwrap();
     let fields: Vec<(String, FieldValue)> = [
@@ -188,7 +188,7 @@ async fn serve_initialises_enroll_fails_while_it_runs_and_export_shows_the_recor
     .map(|(k, v)| (k.to_string(), FieldValue::Text(v.to_string())))
     .collect();
     let id = phone.create(Kind::CheckIn, "team:1", &fields).unwrap().id;
-    fieldsync_core::client::sync(&phone, &mut |_| {})
+    fieldsync_device::client::sync(&phone, &mut |_| {})
         .await
         .unwrap();
     let _ = Command::new("kill")

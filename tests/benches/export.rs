@@ -9,10 +9,10 @@
 
 use std::time::Instant;
 
-use fieldsync_core::access::{DeviceCtx, Role};
-use fieldsync_core::model::{FieldValue, Kind};
-use fieldsync_core::protocol::{Limits, PushDoc};
-use fieldsync_core::record::Record;
+use fieldsync_proto::access::{DeviceCtx, Role};
+use fieldsync_proto::model::{FieldValue, Kind};
+use fieldsync_proto::protocol::{Limits, PushDoc};
+use fieldsync_proto::record::Record;
 use fieldsync_server::store::User;
 use fieldsync_server::{DataDir, ServeOptions};
 

@@ -4,11 +4,11 @@
 
 use std::time::Instant;
 
-use fieldsync_core::access::{DeviceCtx, Role};
-use fieldsync_core::model::{FieldValue, Kind};
-use fieldsync_core::protocol::{Limits, PushDoc, split_changes};
-use fieldsync_core::record::Record;
-use fieldsync_core::sync::merge_push;
+use fieldsync_proto::access::{DeviceCtx, Role};
+use fieldsync_proto::model::{FieldValue, Kind};
+use fieldsync_proto::protocol::{Limits, PushDoc, split_changes};
+use fieldsync_proto::record::Record;
+use fieldsync_proto::sync::merge_push;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

@@ -44,12 +44,12 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
-use fieldsync_core::Role;
-use fieldsync_core::client;
-use fieldsync_core::model::{FieldValue, Kind};
-use fieldsync_core::protocol::{self, ClientMsg, Limits, PROTOCOL_VERSION};
-use fieldsync_core::store::DeviceStore;
-use fieldsync_core::sync::RoundReport;
+use fieldsync_device::client;
+use fieldsync_device::store::DeviceStore;
+use fieldsync_proto::Role;
+use fieldsync_proto::model::{FieldValue, Kind};
+use fieldsync_proto::protocol::{self, ClientMsg, Limits, PROTOCOL_VERSION};
+use fieldsync_proto::sync::RoundReport;
 use fieldsync_server::DataDir;
 use fieldsync_server::store::User;
 
@@ -809,7 +809,7 @@ fn device(
     // connection is closed.
     let mut acked = None;
     let mut completed = None;
-    let mut progress = |p: fieldsync_core::sync::Progress| {
+    let mut progress = |p: fieldsync_proto::sync::Progress| {
         let now = Instant::now();
         if p.sent > 0 && acked.is_none() {
             acked = Some(now);

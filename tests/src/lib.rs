@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use fieldsync_core::Role;
-use fieldsync_core::client::{self, ClientError};
-use fieldsync_core::model::{FieldValue, Kind};
-use fieldsync_core::protocol::Limits;
-use fieldsync_core::record::RecordView;
-use fieldsync_core::store::DeviceStore;
-use fieldsync_core::sync::RoundReport;
+use fieldsync_device::client::{self, ClientError};
+use fieldsync_device::store::DeviceStore;
+use fieldsync_proto::Role;
+use fieldsync_proto::model::{FieldValue, Kind};
+use fieldsync_proto::protocol::Limits;
+use fieldsync_proto::record::RecordView;
+use fieldsync_proto::sync::RoundReport;
 use fieldsync_server::store::User;
 use fieldsync_server::{DataDir, Running};
 
@@ -189,7 +189,7 @@ impl Phone {
             .expect("enrollment")
             .expect("enrolled");
         let pinned =
-            fieldsync_core::tls::parse_fingerprint(&info.fingerprint).expect("fingerprint");
+            fieldsync_device::tls::parse_fingerprint(&info.fingerprint).expect("fingerprint");
         client::Connection::connect(&info.server, pinned, self.store.identity())
             .await
             .expect("connect")
@@ -252,7 +252,7 @@ pub fn binary(name: &str) -> PathBuf {
             "-p",
             "fieldsync-server",
             "-p",
-            "fieldsync-core",
+            "fieldsync-device",
             "--bins",
         ]);
         if !cfg!(debug_assertions) {

@@ -12,12 +12,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ObjType, ROOT};
-use fieldsync_core::client::{self, ClientError, Connection, SERVER_NAME};
-use fieldsync_core::protocol::{
+use fieldsync_device::client::{self, ClientError, Connection};
+use fieldsync_device::{DeviceStore, tls};
+use fieldsync_proto::protocol::SERVER_NAME;
+use fieldsync_proto::protocol::{
     self, ClientMsg, ErrorCode, LENGTH_PREFIX, Limits, Outcome, PROTOCOL_VERSION, PushDoc,
     ServerMsg,
 };
-use fieldsync_core::{DeviceStore, FieldValue, Kind, Role, tls};
+use fieldsync_proto::{FieldValue, Kind, Role};
 use fieldsync_server::store::User;
 use fieldsync_server::{DataDir, Running};
 
@@ -1126,7 +1128,7 @@ async fn an_unknown_device_is_unauthorized() -> TestResult {
     h.assert_stored_nothing("unknown device");
 
     // A device that believes it is enrolled (forged local enrollment) with a pending record.
-    stranger.set_enrollment(&fieldsync_core::store::EnrollmentInfo {
+    stranger.set_enrollment(&fieldsync_device::store::EnrollmentInfo {
         server: h.addr().to_string(),
         fingerprint: h.dir.fingerprint(),
         device_id: stranger.device_id(),

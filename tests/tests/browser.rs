@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use fieldsync_core::Role;
-use fieldsync_core::model::{FieldValue, Kind};
+use fieldsync_proto::Role;
+use fieldsync_proto::model::{FieldValue, Kind};
 use fieldsync_tests::{PASSWORD, Phone, TestServer, check_in_fields, text};
 use serde_json::json;
 
@@ -716,7 +716,7 @@ async fn office_day(root: &Path, driver: &mut Driver) -> Result<(), Error> {
     browser.shot("devices-enrollment").await?;
 
     let phone = Phone::open(&root.join("phone-v9"));
-    fieldsync_core::client::enroll(
+    fieldsync_device::client::enroll(
         &phone.store,
         &server.addr().to_string(),
         &server.dir.fingerprint(),

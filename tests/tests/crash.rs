@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fieldsync_core::client;
-use fieldsync_core::store::DeviceStore;
+use fieldsync_device::client;
+use fieldsync_device::store::DeviceStore;
 use fieldsync_server::DataDir;
 use fieldsync_tests::{Phone, ServerProcess, binary, check_in_fields, run};
 
@@ -57,7 +57,7 @@ async fn server_killed_mid_round_holds_exactly_the_records_after_the_next_round(
         ids.insert(
             phone
                 .store
-                .create(fieldsync_core::Kind::CheckIn, "team:1", &fields)
+                .create(fieldsync_proto::Kind::CheckIn, "team:1", &fields)
                 .unwrap()
                 .id,
         );

@@ -21,11 +21,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fieldsync_core::Role;
-use fieldsync_core::client::{self, ClientError};
-use fieldsync_core::model::{FieldValue, Kind};
-use fieldsync_core::protocol::ErrorCode;
-use fieldsync_core::sync::RoundReport;
+use fieldsync_device::client::{self, ClientError};
+use fieldsync_proto::Role;
+use fieldsync_proto::model::{FieldValue, Kind};
+use fieldsync_proto::protocol::ErrorCode;
+use fieldsync_proto::sync::RoundReport;
 use fieldsync_tests::{PASSWORD, Phone, TestResult, TestServer, check_in_fields, text};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap, LOCATION, SET_COOKIE};
@@ -718,7 +718,7 @@ async fn hours_add_up_and_only_confirmed_hours_count_as_confirmed() -> TestResul
         ids
     };
     let all = server.records();
-    let expect = |keep: &dyn Fn(&fieldsync_core::RecordView) -> bool| -> Vec<String> {
+    let expect = |keep: &dyn Fn(&fieldsync_proto::RecordView) -> bool| -> Vec<String> {
         all.values()
             .filter(|v| keep(v))
             .map(|v| v.id.clone())
@@ -910,7 +910,7 @@ async fn csv_export_has_the_bom_a_column_per_field_a_row_per_record_and_chinese_
     assert_eq!(items.len(), 3);
     let truth = server.records();
     for item in items {
-        let view: fieldsync_core::RecordView = serde_json::from_value(item.clone())?;
+        let view: fieldsync_proto::RecordView = serde_json::from_value(item.clone())?;
         assert_eq!(view, truth[&view.id], "the export is the merged record");
     }
     let json = exported("kind=village_survey&").await;

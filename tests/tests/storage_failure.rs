@@ -5,10 +5,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use fieldsync_core::Role;
-use fieldsync_core::client::{self, ClientError};
-use fieldsync_core::protocol::{ErrorCode, Limits};
-use fieldsync_core::tls::KeyAndCert;
+use fieldsync_device::client::{self, ClientError};
+use fieldsync_device::tls::KeyAndCert;
+use fieldsync_proto::Role;
+use fieldsync_proto::protocol::{ErrorCode, Limits};
 use fieldsync_server::ServerStore;
 use fieldsync_server::store::User;
 use fieldsync_tests::Phone;
@@ -89,7 +89,7 @@ async fn failed_commits_acknowledge_nothing_and_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = FlakyDisk::default();
     let identity = KeyAndCert::generate("fieldsync").unwrap();
-    let fingerprint = hex::encode(fieldsync_core::tls::fingerprint(&identity.cert));
+    let fingerprint = hex::encode(fieldsync_device::tls::fingerprint(&identity.cert));
     let store = ServerStore::open_backend(disk.clone()).unwrap();
     let user = User {
         id: "v1".into(),

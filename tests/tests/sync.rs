@@ -2,9 +2,9 @@
 //! conflicts, scopes and roles, authorship, and replay after a lost acknowledgement.
 
 use automerge::transaction::Transactable;
-use fieldsync_core::Role;
-use fieldsync_core::model::{FieldValue, Kind};
-use fieldsync_core::protocol::{ClientMsg, Outcome, PROTOCOL_VERSION, PushDoc, ServerMsg};
+use fieldsync_proto::Role;
+use fieldsync_proto::model::{FieldValue, Kind};
+use fieldsync_proto::protocol::{ClientMsg, Outcome, PROTOCOL_VERSION, PushDoc, ServerMsg};
 use fieldsync_tests::{TestServer, check_in_fields, text};
 
 fn survey_fields(village: &str) -> Vec<(&'static str, FieldValue)> {
@@ -256,7 +256,7 @@ async fn a_round_replayed_after_a_lost_acknowledgement_stores_nothing_twice() {
 async fn rounds_beyond_the_per_minute_limit_are_refused_and_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let limits = fieldsync_core::protocol::Limits {
+    let limits = fieldsync_proto::protocol::Limits {
         max_rounds_per_minute: 3,
         ..Default::default()
     };
@@ -267,8 +267,8 @@ async fn rounds_beyond_the_per_minute_limit_are_refused_and_change_nothing() {
     }
     let id = v1.check_in("team:1", "清洁家园");
     match v1.sync().await {
-        Err(fieldsync_core::client::ClientError::Refused { code, message }) => {
-            assert_eq!(code, fieldsync_core::protocol::ErrorCode::RateLimited);
+        Err(fieldsync_device::client::ClientError::Refused { code, message }) => {
+            assert_eq!(code, fieldsync_proto::protocol::ErrorCode::RateLimited);
             assert!(message.contains("minute"), "{message}");
         }
         other => panic!("expected a rate-limit refusal, got {other:?}"),
@@ -282,7 +282,7 @@ async fn rounds_beyond_the_per_minute_limit_are_refused_and_change_nothing() {
 async fn a_pull_larger_than_one_reply_arrives_in_several_fetches() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let limits = fieldsync_core::protocol::Limits {
+    let limits = fieldsync_proto::protocol::Limits {
         max_frame_bytes: 64 * 1024,
         ..Default::default()
     };
@@ -312,11 +312,11 @@ async fn a_pull_larger_than_one_reply_arrives_in_several_fetches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guessing_enrollment_codes_is_cut_off() {
-    use fieldsync_core::client::{self, ClientError};
-    use fieldsync_core::protocol::ErrorCode;
+    use fieldsync_device::client::{self, ClientError};
+    use fieldsync_proto::protocol::ErrorCode;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let limits = fieldsync_core::protocol::Limits {
+    let limits = fieldsync_proto::protocol::Limits {
         max_enroll_failures_per_minute: 3,
         ..Default::default()
     };

@@ -13,9 +13,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
-use fieldsync_core::access::Role;
-use fieldsync_core::model::{self, FieldValue, Kind};
-use fieldsync_core::record::RecordView;
+use fieldsync_proto::access::Role;
+use fieldsync_proto::model::{self, FieldValue, Kind};
+use fieldsync_proto::record::RecordView;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 

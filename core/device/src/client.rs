@@ -1,24 +1,21 @@
 //! The device's QUIC connection to a sync server: enroll, and run sync rounds.
 //!
-//! A thin driver: the round's logic is [`crate::sync::ClientRound`]; this module moves its
+//! A thin driver: the round's logic is [`fieldsync_proto::sync::ClientRound`]; this module moves its
 //! messages over quinn and runs its effects against the [`DeviceStore`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::protocol::{
-    self, ClientMsg, Cursor, DocData, DocId, ErrorCode, Hash, LENGTH_PREFIX, Limits,
-    PROTOCOL_VERSION, ProtocolError, ServerMsg,
-};
 use crate::store::{DeviceStore, EnrollmentInfo, StoreError};
-use crate::sync::{Progress, RoundDriver, RoundError, RoundReport, drive_round};
 use crate::tls::{self, KeyAndCert, TlsError};
+use fieldsync_proto::protocol::{
+    self, ClientMsg, Cursor, DocData, DocId, ErrorCode, Hash, LENGTH_PREFIX, Limits,
+    PROTOCOL_VERSION, ProtocolError, SERVER_NAME, ServerMsg, close,
+};
+use fieldsync_proto::sync::{Progress, RoundDriver, RoundError, RoundReport, drive_round};
 
 /// How long closing a connection may wait for the close to be sent.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// The server name devices present; the certificate is pinned, so the name is not checked.
-pub const SERVER_NAME: &str = "fieldsync";
 
 /// Why enrolling or syncing failed. Local data is untouched by every one of these.
 #[derive(Debug, thiserror::Error)]
@@ -50,16 +47,6 @@ impl From<RoundError> for ClientError {
             RoundError::Unexpected(m) => ClientError::Network(format!("unexpected reply: {m}")),
         }
     }
-}
-
-/// Application close codes the server uses.
-pub mod close {
-    /// Normal end of a session.
-    pub const DONE: u32 = 0;
-    /// The device is unknown or revoked.
-    pub const UNAUTHORIZED: u32 = 1;
-    /// The server is shutting down.
-    pub const SHUTDOWN: u32 = 3;
 }
 
 /// One QUIC connection to a sync server.

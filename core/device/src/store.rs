@@ -13,12 +13,12 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::access::Role;
-use crate::model::{FieldValue, Kind};
-use crate::protocol::{Changed, Cursor, DocData, DocId, Hash, PushDoc};
-use crate::record::{HistoryEntry, Record, RecordError, RecordView};
-use crate::sync::Pending;
 use crate::tls::{self, KeyAndCert};
+use fieldsync_proto::access::Role;
+use fieldsync_proto::model::{FieldValue, Kind};
+use fieldsync_proto::protocol::{Changed, Cursor, DocData, DocId, Hash, PushDoc};
+use fieldsync_proto::record::{HistoryEntry, Record, RecordError, RecordView};
+use fieldsync_proto::sync::Pending;
 
 /// Automerge bytes of each record (a full save).
 const DOCS: TableDefinition<u128, &[u8]> = TableDefinition::new("docs");
@@ -634,7 +634,8 @@ mod tests {
             .unwrap();
         let again = store.pending().unwrap();
         let changes =
-            crate::protocol::split_changes(&again[0].push.changes, &Default::default()).unwrap();
+            fieldsync_proto::protocol::split_changes(&again[0].push.changes, &Default::default())
+                .unwrap();
         assert_eq!(changes.len(), 1, "only the unacknowledged change is pushed");
     }
 

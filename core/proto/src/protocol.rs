@@ -23,6 +23,19 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// The ALPN protocol id of fieldsync over QUIC.
 pub const ALPN: &[u8] = b"fieldsync/1";
 
+/// The server name devices present; the certificate is pinned, so the name is not checked.
+pub const SERVER_NAME: &str = "fieldsync";
+
+/// Application close codes of a fieldsync QUIC connection.
+pub mod close {
+    /// Normal end of a session.
+    pub const DONE: u32 = 0;
+    /// The device is unknown or revoked.
+    pub const UNAUTHORIZED: u32 = 1;
+    /// The server is shutting down.
+    pub const SHUTDOWN: u32 = 3;
+}
+
 /// Bytes of a frame's length prefix.
 pub const LENGTH_PREFIX: usize = 4;
 

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fieldsync_core::model::{self, FieldValue, Kind};
-use fieldsync_core::store::{CheckInForm, DeviceStore};
-use fieldsync_core::{client, record::RecordView};
+use fieldsync_device::client;
+use fieldsync_device::store::{CheckInForm, DeviceStore};
+use fieldsync_proto::model::{self, FieldValue, Kind};
+use fieldsync_proto::record::RecordView;
 use uuid::Uuid;
 
 #[derive(Parser)]

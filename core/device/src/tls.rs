@@ -101,7 +101,7 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedServer { pinned, provider }))
         .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = vec![crate::protocol::ALPN.to_vec()];
+    config.alpn_protocols = vec![fieldsync_proto::protocol::ALPN.to_vec()];
     config.enable_early_data = false;
     Ok(config)
 }
@@ -114,7 +114,7 @@ pub fn server_config(server: &KeyAndCert) -> Result<rustls::ServerConfig, TlsErr
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(DeviceKeys { provider }))
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![crate::protocol::ALPN.to_vec()];
+    config.alpn_protocols = vec![fieldsync_proto::protocol::ALPN.to_vec()];
     config.max_early_data_size = 0;
     Ok(config)
 }

@@ -1,8 +1,10 @@
-//! fieldsync-core: records as Automerge documents, the device store, the sync protocol and the
-//! QUIC client — everything a phone and the server share.
+//! fieldsync-device: the device side of fieldsync, a thin IO layer over `fieldsync-proto`.
 //!
-//! Layout follows quinn's split: `model`, `record`, `access`, `protocol` and `sync` are plain
-//! code with no IO; `store` (redb) and `client` (quinn) are thin layers around them.
+//! [`store`] keeps records, projections, pending changes, cursors and the device identity in
+//! one redb file, each local write one durable transaction; [`client`] drives the proto crate's
+//! round state machine over quinn; [`tls`] makes keys and certificates and both sides' rustls
+//! configuration (the server uses it too); the `fieldsync` binary is the command line over
+//! the store and the client.
 
 /// Implements `From` for each redb error type on an error enum with a `Database(redb::Error)`
 /// variant, so `?` works on every redb call of a store.
@@ -25,16 +27,8 @@ macro_rules! impl_from_redb {
     )*};
 }
 
-pub mod access;
 pub mod client;
-pub mod model;
-pub mod protocol;
-pub mod record;
 pub mod store;
-pub mod sync;
 pub mod tls;
 
-pub use access::{DeviceCtx, Role};
-pub use model::{FieldValue, Kind};
-pub use record::{Record, RecordView};
 pub use store::DeviceStore;

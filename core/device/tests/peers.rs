@@ -4,14 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use fieldsync_core::access::{DeviceCtx, Role};
-use fieldsync_core::model::{FieldValue, Kind};
-use fieldsync_core::protocol::{
+use fieldsync_device::store::DeviceStore;
+use fieldsync_proto::access::{DeviceCtx, Role};
+use fieldsync_proto::model::{FieldValue, Kind};
+use fieldsync_proto::protocol::{
     Changed, ClientMsg, Cursor, DocData, DocId, Hash, Limits, Outcome, PushDoc, PushResult,
     ServerMsg, SyncReply, Want,
 };
-use fieldsync_core::store::DeviceStore;
-use fieldsync_core::sync::{self, RoundDriver, RoundError, StoredDoc, SyncBackend};
+use fieldsync_proto::sync::{self, RoundDriver, RoundError, StoredDoc, SyncBackend};
 
 /// The server's storage as plain maps: for this harness only, never instead of redb.
 #[derive(Default)]
