@@ -163,7 +163,9 @@ pub fn bind(
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| DataError::Tls(tls::TlsError::Certificate(e.to_string())))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(tls::transport_config(limits.max_frame_bytes)));
+    config.transport_config(Arc::new(fieldsync_device::transport::transport_config(
+        limits.max_frame_bytes,
+    )));
     // Every phone reconnects when the signal comes back: a large socket buffer keeps bursts of
     // handshakes from being dropped, and the accept queue (not the kernel) does the waiting.
     let socket = std::net::UdpSocket::bind(addr).map_err(io_err(Path::new("socket")))?;

@@ -9,15 +9,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fieldsync_device::tls;
+use fieldsync_device::transport::{self, FrameError};
 use fieldsync_proto::access::DeviceCtx;
 use fieldsync_proto::protocol::close;
 use fieldsync_proto::protocol::{
-    self, ClientMsg, Enrollment, ErrorCode, LENGTH_PREFIX, Limits, PROTOCOL_VERSION, ServerMsg,
+    self, ClientMsg, Enrollment, ErrorCode, Limits, PROTOCOL_VERSION, PushDoc, PushResult,
+    ServerMsg,
 };
+use fieldsync_proto::sync::{ServerEffect, ServerExchange, ServerInput, StorageFailure};
 use tokio::sync::{Semaphore, watch};
 
 use crate::Metrics;
-use crate::store::{Backend, Committer, ServerStore, StoreError};
+use crate::store::{Committer, ServerStore, StoreError};
 
 /// Everything a connection needs, shared by all of them.
 pub struct Shared {
@@ -254,7 +257,7 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                     ),
                 }
             }
-            (Ok(msg), Some(known)) => serve_blocking(&shared, known.clone(), msg).await,
+            (Ok(msg), Some(known)) => serve_exchange(&shared, known, msg).await,
         };
         let frame = match protocol::encode_frame(&reply) {
             Ok(f) => f,
@@ -269,27 +272,69 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     }
 }
 
-async fn serve_blocking(shared: &Arc<Shared>, ctx: DeviceCtx, msg: ClientMsg) -> ServerMsg {
-    let shared = shared.clone();
-    let reply = tokio::task::spawn_blocking(move || {
-        let mut backend = Backend {
-            store: &shared.store,
-            committer: &shared.committer,
-            limits: &shared.limits,
+/// Answers one request of an enrolled device by driving the proto crate's exchange: merges and
+/// feed reads run on the blocking pool, and the group commit is awaited, so a waiting round
+/// holds no thread.
+async fn serve_exchange(shared: &Arc<Shared>, ctx: &DeviceCtx, msg: ClientMsg) -> ServerMsg {
+    let (mut exchange, mut effect) = ServerExchange::start(msg, &shared.limits);
+    loop {
+        let input = match effect {
+            ServerEffect::Reply(reply) => {
+                if let ServerMsg::SyncReply(r) = &reply {
+                    shared.metrics.record_results(&r.results);
+                }
+                return reply;
+            }
+            ServerEffect::Commit(push) => ServerInput::Committed(commit(shared, ctx, push).await),
+            ServerEffect::ReadFeed { cursors, limit } => {
+                let ctx = ctx.clone();
+                ServerInput::Feed(
+                    on_store(shared, move |store| {
+                        store.changes_since(&ctx, &cursors, limit)
+                    })
+                    .await,
+                )
+            }
+            ServerEffect::Fetch { want, budget } => {
+                let ctx = ctx.clone();
+                ServerInput::Fetched(
+                    on_store(shared, move |store| store.fetch(&ctx, &want, budget)).await,
+                )
+            }
         };
-        let reply = fieldsync_proto::sync::serve(&mut backend, &ctx, msg, &shared.limits);
-        if let ServerMsg::SyncReply(r) = &reply {
-            shared.metrics.record_results(&r.results);
-        }
-        reply
+        effect = exchange.handle(input);
+    }
+}
+
+/// Merges a round's pushes on the blocking pool (so concurrent rounds merge on every core),
+/// then waits for the commit thread to store them in a shared durable transaction.
+async fn commit(
+    shared: &Arc<Shared>,
+    ctx: &DeviceCtx,
+    push: Vec<PushDoc>,
+) -> Result<Vec<PushResult>, StorageFailure> {
+    let limits = shared.limits.clone();
+    let merge_ctx = ctx.clone();
+    let prepared = on_store(shared, move |store| {
+        store.prepare(&merge_ctx, push, &limits)
     })
-    .await;
-    match reply {
-        Ok(r) => r,
-        Err(e) => ServerMsg::Error {
-            code: ErrorCode::Internal,
-            message: format!("request failed: {e}"),
-        },
+    .await?;
+    shared
+        .committer
+        .commit(ctx, prepared)
+        .await
+        .map_err(|e| StorageFailure(e.to_string()))
+}
+
+/// Runs a store read on the blocking pool: redb reads block on the file.
+async fn on_store<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    work: impl FnOnce(&ServerStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StorageFailure> {
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || work(&store)).await {
+        Ok(result) => result.map_err(|e| StorageFailure(e.to_string())),
+        Err(e) => Err(StorageFailure(format!("storage task failed: {e}"))),
     }
 }
 
@@ -330,30 +375,21 @@ async fn enroll(shared: &Arc<Shared>, device_id: &str, version: u16, code: &str)
     }
 }
 
-/// Reads one request frame, checking the announced size before allocating.
+/// Reads one request frame; a stream that ends or breaks first is a truncated frame.
 async fn read_request(
     recv: &mut quinn::RecvStream,
     limits: &Limits,
 ) -> Result<ClientMsg, protocol::ProtocolError> {
-    let mut prefix = [0u8; LENGTH_PREFIX];
-    read_all(recv, &mut prefix).await?;
-    let mut body = vec![0u8; protocol::frame_len(prefix, limits)?];
-    read_all(recv, &mut body).await?;
-    protocol::decode_body(&body, limits)
-}
-
-/// Fills `buf` from the stream; a stream that ends or breaks first is a truncated frame.
-async fn read_all(
-    recv: &mut quinn::RecvStream,
-    buf: &mut [u8],
-) -> Result<(), protocol::ProtocolError> {
-    recv.read_exact(buf)
+    transport::read_frame(recv, limits)
         .await
-        .map_err(|e| protocol::ProtocolError::Truncated {
-            expected: buf.len(),
-            got: match e {
-                quinn::ReadExactError::FinishedEarly(n) => n,
-                _ => 0,
+        .map_err(|e| match e {
+            FrameError::Protocol(e) => e,
+            FrameError::Read { expected, source } => protocol::ProtocolError::Truncated {
+                expected,
+                got: match source {
+                    quinn::ReadExactError::FinishedEarly(n) => n,
+                    _ => 0,
+                },
             },
         })
 }

@@ -16,7 +16,7 @@ use fieldsync_proto::protocol::{
     Changed, Cursor, DocData, Hash, Limits, Outcome, PushDoc, PushResult, SyncReply, Want,
 };
 use fieldsync_proto::record::RecordView;
-use fieldsync_proto::sync::{self, StoredDoc, SyncBackend};
+use fieldsync_proto::sync::{self, StoredDoc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -866,7 +866,29 @@ impl Committer {
             })
     }
 
-    /// Queues a round and waits (blocking) until it is durably committed.
+    /// Queues a round and waits until it is durably committed, holding no thread meanwhile.
+    pub async fn commit(
+        &self,
+        ctx: &DeviceCtx,
+        push: Vec<Prepared>,
+    ) -> Result<Vec<PushResult>, StoreError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Job {
+                ctx: ctx.clone(),
+                push,
+                reply,
+            })
+            .map_err(|_| StoreError::ShuttingDown)?;
+        match rx.await {
+            Ok(Ok(results)) => Ok(results),
+            Ok(Err(e)) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
+            Err(_) => Err(StoreError::ShuttingDown),
+        }
+    }
+
+    /// Queues a round and waits (blocking) until it is durably committed; for dashboard
+    /// changes, which run on the blocking pool already.
     pub fn commit_blocking(
         &self,
         ctx: &DeviceCtx,
@@ -885,44 +907,6 @@ impl Committer {
             Ok(Err(e)) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
             Err(_) => Err(StoreError::ShuttingDown),
         }
-    }
-}
-
-/// The server's side of the protocol over the redb store and the committer.
-pub struct Backend<'a> {
-    pub store: &'a ServerStore,
-    pub committer: &'a Committer,
-    pub limits: &'a Limits,
-}
-
-impl SyncBackend for Backend<'_> {
-    type Error = StoreError;
-
-    fn commit(
-        &mut self,
-        ctx: &DeviceCtx,
-        push: Vec<PushDoc>,
-    ) -> Result<Vec<PushResult>, StoreError> {
-        let prepared = self.store.prepare(ctx, push, self.limits)?;
-        self.committer.commit_blocking(ctx, prepared)
-    }
-
-    fn changes_since(
-        &mut self,
-        ctx: &DeviceCtx,
-        cursors: &[Cursor],
-        limit: usize,
-    ) -> Result<SyncReply, StoreError> {
-        self.store.changes_since(ctx, cursors, limit)
-    }
-
-    fn fetch(
-        &mut self,
-        ctx: &DeviceCtx,
-        want: &[Want],
-        budget: usize,
-    ) -> Result<(Vec<DocData>, usize), StoreError> {
-        self.store.fetch(ctx, want, budget)
     }
 }
 

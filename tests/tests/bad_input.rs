@@ -241,7 +241,7 @@ impl RawClient {
         let tls = tls::client_config(store.identity(), fingerprint)?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
-        config.transport_config(Arc::new(tls::transport_config(
+        config.transport_config(Arc::new(fieldsync_device::transport::transport_config(
             Limits::default().max_frame_bytes,
         )));
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;

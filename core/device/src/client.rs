@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use crate::store::{DeviceStore, EnrollmentInfo, StoreError};
 use crate::tls::{self, KeyAndCert, TlsError};
+use crate::transport::{self, FrameError};
 use fieldsync_proto::protocol::{
-    self, ClientMsg, Cursor, DocData, DocId, ErrorCode, Hash, LENGTH_PREFIX, Limits,
-    PROTOCOL_VERSION, ProtocolError, SERVER_NAME, ServerMsg, close,
+    self, ClientMsg, Cursor, DocData, DocId, ErrorCode, Hash, Limits, PROTOCOL_VERSION,
+    ProtocolError, SERVER_NAME, ServerMsg, close,
 };
 use fieldsync_proto::sync::{Progress, RoundDriver, RoundError, RoundReport, drive_round};
 
@@ -69,7 +70,9 @@ impl Connection {
             .map_err(|e| ClientError::Network(format!("QUIC TLS: {e}")))?;
         let limits = Limits::default();
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
-        config.transport_config(Arc::new(tls::transport_config(limits.max_frame_bytes)));
+        config.transport_config(Arc::new(transport::transport_config(
+            limits.max_frame_bytes,
+        )));
         let bind: SocketAddr = if addr.is_ipv6() {
             "[::]:0"
                 .parse()
@@ -106,16 +109,11 @@ impl Connection {
             Err(quinn::WriteError::Stopped(_)) => {}
             Err(e) => return Err(self.write_failed(e)),
         }
-        let mut prefix = [0u8; LENGTH_PREFIX];
-        recv.read_exact(&mut prefix)
-            .await
-            .map_err(|e| self.read_failed(e))?;
-        let len = protocol::frame_len(prefix, &self.limits)?;
-        let mut body = vec![0u8; len];
-        recv.read_exact(&mut body)
-            .await
-            .map_err(|e| self.read_failed(e))?;
-        Ok(protocol::decode_body(&body, &self.limits)?)
+        match transport::read_frame(&mut recv, &self.limits).await {
+            Ok(reply) => Ok(reply),
+            Err(FrameError::Read { source, .. }) => Err(self.read_failed(source)),
+            Err(FrameError::Protocol(e)) => Err(e.into()),
+        }
     }
 
     /// Bytes sent and received on the wire (UDP payloads, all overheads included).

@@ -3,7 +3,7 @@
 //! [`store`] keeps records, projections, pending changes, cursors and the device identity in
 //! one redb file, each local write one durable transaction; [`client`] drives the proto crate's
 //! round state machine over quinn; [`tls`] makes keys and certificates and both sides' rustls
-//! configuration (the server uses it too); the `fieldsync` binary is the command line over
+//! configuration and [`transport`] the QUIC settings and frame reader (the server uses both); the `fieldsync` binary is the command line over
 //! the store and the client.
 
 /// Implements `From` for each redb error type on an error enum with a `Database(redb::Error)`
@@ -30,5 +30,6 @@ macro_rules! impl_from_redb {
 pub mod client;
 pub mod store;
 pub mod tls;
+pub mod transport;
 
 pub use store::DeviceStore;

@@ -89,6 +89,45 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Handshake signature checks with the provider's algorithms, as both verifiers need them:
+/// whatever else each trusts, the peer must prove it holds its certificate's key.
+#[derive(Debug)]
+struct Signatures(Arc<CryptoProvider>);
+
+impl Signatures {
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// TLS for a device: presents the device certificate, trusts only the pinned server certificate.
 pub fn client_config(
     device: &KeyAndCert,
@@ -99,7 +138,10 @@ pub fn client_config(
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedServer { pinned, provider }))
+        .with_custom_certificate_verifier(Arc::new(PinnedServer {
+            pinned,
+            signatures: Signatures(provider),
+        }))
         .with_client_auth_cert(chain, key)?;
     config.alpn_protocols = vec![fieldsync_proto::protocol::ALPN.to_vec()];
     config.enable_early_data = false;
@@ -112,7 +154,9 @@ pub fn server_config(server: &KeyAndCert) -> Result<rustls::ServerConfig, TlsErr
     let (chain, key) = server.chain_and_key();
     let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(DeviceKeys { provider }))
+        .with_client_cert_verifier(Arc::new(DeviceKeys {
+            signatures: Signatures(provider),
+        }))
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![fieldsync_proto::protocol::ALPN.to_vec()];
     config.max_early_data_size = 0;
@@ -123,7 +167,7 @@ pub fn server_config(server: &KeyAndCert) -> Result<rustls::ServerConfig, TlsErr
 #[derive(Debug)]
 struct PinnedServer {
     pinned: [u8; 32],
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -150,12 +194,7 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -164,18 +203,11 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -183,7 +215,7 @@ impl ServerCertVerifier for PinnedServer {
 /// the key belongs to an enrolled, unrevoked device is decided from the server's tables.
 #[derive(Debug)]
 struct DeviceKeys {
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl ClientCertVerifier for DeviceKeys {
@@ -208,12 +240,7 @@ impl ClientCertVerifier for DeviceKeys {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -222,35 +249,10 @@ impl ClientCertVerifier for DeviceKeys {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
-}
-
-/// QUIC transport limits shared by both ends: few streams, bounded flow-control windows
-/// (quinn's connection-wide window is unlimited by default).
-pub fn transport_config(max_frame_bytes: usize) -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    let window = quinn::VarInt::from_u32(u32::try_from(max_frame_bytes).unwrap_or(u32::MAX));
-    t.max_concurrent_bidi_streams(4u32.into())
-        .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window(window)
-        .receive_window(window)
-        // A dead server is noticed within seconds, not minutes; keep-alives hold the connection
-        // open while a slow link or a large commit is under way.
-        .keep_alive_interval(Some(std::time::Duration::from_secs(2)))
-        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-            8_000,
-        ))));
-    t
 }

@@ -11,7 +11,10 @@ use fieldsync_proto::protocol::{
     Changed, ClientMsg, Cursor, DocData, DocId, Hash, Limits, Outcome, PushDoc, PushResult,
     ServerMsg, SyncReply, Want,
 };
-use fieldsync_proto::sync::{self, RoundDriver, RoundError, StoredDoc, SyncBackend};
+use fieldsync_proto::sync::{
+    self, RoundDriver, RoundError, ServerEffect, ServerExchange, ServerInput, StorageFailure,
+    StoredDoc,
+};
 
 /// The server's storage as plain maps: for this harness only, never instead of redb.
 #[derive(Default)]
@@ -21,14 +24,27 @@ struct MemoryBackend {
     commits: usize,
 }
 
-impl SyncBackend for MemoryBackend {
-    type Error = String;
+impl MemoryBackend {
+    /// Answers one request by driving the server's exchange, as the QUIC session does.
+    fn serve(&mut self, ctx: &DeviceCtx, msg: ClientMsg) -> ServerMsg {
+        let (mut exchange, mut effect) = ServerExchange::start(msg, &Limits::default());
+        loop {
+            let input = match effect {
+                ServerEffect::Reply(reply) => return reply,
+                ServerEffect::Commit(push) => ServerInput::Committed(Ok(self.commit(ctx, push))),
+                ServerEffect::ReadFeed { cursors, limit } => {
+                    ServerInput::Feed(Ok(self.changes_since(ctx, &cursors, limit)))
+                }
+                ServerEffect::Fetch { want, .. } => ServerInput::Fetched(self.fetch(ctx, &want)),
+            };
+            effect = exchange.handle(input);
+        }
+    }
 
-    fn commit(&mut self, ctx: &DeviceCtx, push: Vec<PushDoc>) -> Result<Vec<PushResult>, String> {
+    fn commit(&mut self, ctx: &DeviceCtx, push: Vec<PushDoc>) -> Vec<PushResult> {
         self.commits += 1;
         let limits = Limits::default();
-        Ok(push
-            .into_iter()
+        push.into_iter()
             .map(|p| {
                 let existing = self.docs.get(&p.id).map(|(d, _, _)| d.clone());
                 let outcome = match sync::merge_push(existing.as_ref(), &p, ctx, &limits) {
@@ -48,15 +64,10 @@ impl SyncBackend for MemoryBackend {
                 };
                 PushResult { id: p.id, outcome }
             })
-            .collect())
+            .collect()
     }
 
-    fn changes_since(
-        &mut self,
-        ctx: &DeviceCtx,
-        cursors: &[Cursor],
-        limit: usize,
-    ) -> Result<SyncReply, String> {
+    fn changes_since(&self, ctx: &DeviceCtx, cursors: &[Cursor], limit: usize) -> SyncReply {
         let mut scopes: Vec<String> = self
             .docs
             .values()
@@ -90,20 +101,19 @@ impl SyncBackend for MemoryBackend {
             }
             out.push(Cursor { scope, seq: last });
         }
-        Ok(SyncReply {
+        SyncReply {
             results: Vec::new(),
             changed,
             cursors: out,
             more: false,
-        })
+        }
     }
 
     fn fetch(
-        &mut self,
+        &self,
         ctx: &DeviceCtx,
         want: &[Want],
-        _budget: usize,
-    ) -> Result<(Vec<DocData>, usize), String> {
+    ) -> Result<(Vec<DocData>, usize), StorageFailure> {
         let docs = want
             .iter()
             .filter_map(|w| self.docs.get(&w.id).map(|(d, _, _)| (w, d)))
@@ -113,10 +123,10 @@ impl SyncBackend for MemoryBackend {
                     id: w.id,
                     kind: d.kind,
                     scope: d.scope.clone(),
-                    bytes: sync::changes_for(d, &w.have)?,
+                    bytes: sync::changes_for(d, &w.have).map_err(StorageFailure)?,
                 })
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, StorageFailure>>()?;
         Ok((docs, 0))
     }
 }
@@ -139,12 +149,7 @@ impl RoundDriver for InProcess<'_> {
 
     async fn exchange(&mut self, msg: ClientMsg) -> Result<ServerMsg, HarnessError> {
         self.exchanges += 1;
-        Ok(sync::serve(
-            self.server,
-            &self.peer.ctx,
-            msg,
-            &Limits::default(),
-        ))
+        Ok(self.server.serve(&self.peer.ctx, msg))
     }
 
     fn acknowledge(

@@ -7,6 +7,9 @@
 //! results go in, effects come out, time is passed in. Its normal dependencies contain no
 //! socket, TLS, storage or async runtime crate; `.ci/run` checks that.
 
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod access;
 pub mod model;
 pub mod protocol;

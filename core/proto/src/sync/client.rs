@@ -1,265 +1,16 @@
-//! The sync protocol as plain code: the device's round state machine, the server's handling of
-//! a request over a storage backend, and the merge rule the server applies to every push.
+//! The device's side of a sync round: pending pushes and cursors in, effects out.
 //!
-//! Nothing here does IO. The QUIC client and server and the redb stores are thin drivers: they
-//! move messages, run effects against their store, and pass results back in.
+//! [`ClientRound`] holds no store and no socket; [`drive_round`] runs its effects in order
+//! against a [`RoundDriver`] (the QUIC client, or the in-process harness).
 
 use std::collections::{BTreeMap, VecDeque};
 
-use automerge::{AutoCommit, ChangeHash, ReadDoc};
 use uuid::Uuid;
 
-use crate::access::{self, DeviceCtx};
-use crate::model::Kind;
 use crate::protocol::{
-    ClientMsg, Cursor, DocData, DocId, ErrorCode, Hash, Limits, Outcome, PROTOCOL_VERSION, PushDoc,
-    PushResult, ServerMsg, SyncReply, Want, split_changes,
+    ClientMsg, Cursor, DocData, DocId, ErrorCode, Hash, Outcome, PROTOCOL_VERSION, PushDoc,
+    ServerMsg, SyncReply, Want,
 };
-use crate::record::{Record, RecordView};
-
-/// Stored bytes of a document larger than this are compacted (saved whole) on the next merge;
-/// below it, new changes are appended as chunks, which is far cheaper than a full save.
-pub const COMPACT_AFTER_BYTES: usize = 16 * 1024;
-
-/// A document as the server stores it: its fixed kind and scope, and its Automerge bytes.
-#[derive(Clone, Debug)]
-pub struct StoredDoc {
-    pub kind: Kind,
-    pub scope: String,
-    pub bytes: Vec<u8>,
-}
-
-/// The result of merging one push into the server's copy.
-#[derive(Debug)]
-pub struct Merged {
-    /// The document's new stored bytes, or None when the push brought nothing new.
-    pub bytes: Option<Vec<u8>>,
-    pub view: RecordView,
-    pub heads: Vec<Hash>,
-    /// Hashes of the changes this push added.
-    pub added: Vec<Hash>,
-}
-
-/// Merges a device's push into the server's copy of the document, or says why not.
-///
-/// A refused push changes nothing: the caller stores `Merged::bytes` only on success.
-pub fn merge_push(
-    existing: Option<&StoredDoc>,
-    push: &PushDoc,
-    ctx: &DeviceCtx,
-    limits: &Limits,
-) -> Result<Merged, String> {
-    let changes = split_changes(&push.changes, limits).map_err(|e| e.to_string())?;
-    crate::model::check_scope(push.kind, &push.scope).map_err(|e| e.to_string())?;
-    let id = Uuid::from_bytes(push.id);
-    let (mut doc, before) = match existing {
-        Some(stored) => {
-            if stored.kind != push.kind || stored.scope != push.scope {
-                return Err(format!(
-                    "record {id} is a {} in `{}`; its kind and scope are fixed",
-                    stored.kind, stored.scope
-                ));
-            }
-            let record = Record::load(id, &stored.bytes)
-                .map_err(|e| format!("stored document {id} is unreadable: {e}"))?;
-            let values = record.values().map_err(|e| e.to_string())?;
-            (record.into_doc(), Some(values))
-        }
-        None => (AutoCommit::new(), None),
-    };
-    let new: Vec<automerge::Change> = changes
-        .into_iter()
-        .filter(|c| doc.get_change_by_hash(&c.hash()).is_none())
-        .collect();
-    for change in &new {
-        if change.actor_id().to_bytes() != ctx.actor.as_slice() {
-            return Err(format!(
-                "a change is signed by actor {}, not by this device; refused",
-                change.actor_id().to_hex_string()
-            ));
-        }
-    }
-    let added: Vec<Hash> = new.iter().map(|c| c.hash().0).collect();
-    let mut new_bytes = Vec::new();
-    for change in &new {
-        new_bytes.extend_from_slice(change.raw_bytes());
-    }
-    if !new.is_empty() {
-        doc.apply_changes(new)
-            .map_err(|e| format!("changes do not apply: {e}"))?;
-        if !doc.get_missing_deps(&[]).is_empty() {
-            return Err("changes depend on changes the server does not have".into());
-        }
-    }
-    let mut record = Record::from_doc(id, doc).map_err(|e| e.to_string())?;
-    if record.kind() != push.kind || record.scope() != push.scope {
-        return Err(format!(
-            "the document says {} in `{}` but was pushed as {} in `{}`",
-            record.kind(),
-            record.scope(),
-            push.kind,
-            push.scope
-        ));
-    }
-    let snapshot = record.snapshot().map_err(|e| e.to_string())?;
-    let after = snapshot.values();
-    crate::model::validate_record(push.kind, &after).map_err(|e| e.to_string())?;
-    let view = record.view_of(snapshot);
-    let heads = record.heads().iter().map(|h| h.0).collect();
-    if added.is_empty() {
-        return Ok(Merged {
-            bytes: None,
-            view,
-            heads,
-            added,
-        });
-    }
-    access::check_write(ctx, push.kind, &push.scope, before.as_ref(), &after)?;
-    let bytes = match existing {
-        None => new_bytes,
-        Some(stored) if stored.bytes.len() + new_bytes.len() > COMPACT_AFTER_BYTES => record.save(),
-        Some(stored) => [stored.bytes.as_slice(), &new_bytes].concat(),
-    };
-    if bytes.len() > limits.max_doc_bytes {
-        return Err(format!(
-            "the document would grow to {} bytes; the limit is {}",
-            bytes.len(),
-            limits.max_doc_bytes
-        ));
-    }
-    Ok(Merged {
-        bytes: Some(bytes),
-        view,
-        heads,
-        added,
-    })
-}
-
-/// Storage behind the server's side of the protocol.
-pub trait SyncBackend {
-    type Error: std::fmt::Display;
-
-    /// Merges every push with [`merge_push`] and stores all accepted ones durably, together,
-    /// before returning; one outcome per push, in order.
-    fn commit(
-        &mut self,
-        ctx: &DeviceCtx,
-        push: Vec<PushDoc>,
-    ) -> Result<Vec<PushResult>, Self::Error>;
-
-    /// Documents changed in the scopes `ctx` may read since `cursors`, at most `limit`.
-    fn changes_since(
-        &mut self,
-        ctx: &DeviceCtx,
-        cursors: &[Cursor],
-        limit: usize,
-    ) -> Result<SyncReply, Self::Error>;
-
-    /// The changes of each wanted document that its holder lacks (readable ones only), in
-    /// order, stopping once `budget` bytes are reached (always at least one document); returns
-    /// them and how many wants at the end were not reached.
-    fn fetch(
-        &mut self,
-        ctx: &DeviceCtx,
-        want: &[Want],
-        budget: usize,
-    ) -> Result<(Vec<DocData>, usize), Self::Error>;
-}
-
-/// The server's answer to one request from an authenticated device.
-pub fn serve<B: SyncBackend>(
-    backend: &mut B,
-    ctx: &DeviceCtx,
-    msg: ClientMsg,
-    limits: &Limits,
-) -> ServerMsg {
-    let error = |code, message: String| ServerMsg::Error { code, message };
-    match msg {
-        ClientMsg::Sync { version, .. }
-        | ClientMsg::Fetch { version, .. }
-        | ClientMsg::Enroll { version, .. }
-            if version != PROTOCOL_VERSION =>
-        {
-            error(
-                ErrorCode::Version,
-                format!(
-                    "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
-                ),
-            )
-        }
-        ClientMsg::Enroll { .. } => error(
-            ErrorCode::Malformed,
-            "this device is already enrolled".into(),
-        ),
-        ClientMsg::Sync { push, cursors, .. } => {
-            if push.len() > limits.max_docs_per_exchange {
-                return error(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "{} documents in one push; the limit is {}",
-                        push.len(),
-                        limits.max_docs_per_exchange
-                    ),
-                );
-            }
-            let results = if push.is_empty() {
-                Vec::new()
-            } else {
-                match backend.commit(ctx, push) {
-                    Ok(r) => r,
-                    Err(e) => return error(ErrorCode::Internal, format!("storage failed: {e}")),
-                }
-            };
-            match backend.changes_since(ctx, &cursors, limits.max_docs_per_exchange) {
-                Ok(mut reply) => {
-                    reply.results = results;
-                    ServerMsg::SyncReply(reply)
-                }
-                Err(e) => error(ErrorCode::Internal, format!("storage failed: {e}")),
-            }
-        }
-        ClientMsg::Fetch { want, .. } => {
-            if want.len() > limits.max_docs_per_exchange {
-                return error(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "{} documents wanted; the limit is {}",
-                        want.len(),
-                        limits.max_docs_per_exchange
-                    ),
-                );
-            }
-            // Half the smaller cap leaves room for framing, whatever deflate achieves.
-            let budget = limits.max_frame_bytes.min(limits.max_inflated_bytes) / 2;
-            match backend.fetch(ctx, &want, budget) {
-                Ok((docs, unsent)) => ServerMsg::Docs {
-                    docs,
-                    unsent: u32::try_from(unsent).unwrap_or(u32::MAX),
-                },
-                Err(e) => error(ErrorCode::Internal, format!("storage failed: {e}")),
-            }
-        }
-    }
-}
-
-/// What the server returns for a wanted document: its stored bytes when the device has
-/// nothing (no load needed: the fast path of a first sync), else only the missing changes.
-pub fn changes_for(stored: &StoredDoc, have: &[Hash]) -> Result<Vec<u8>, String> {
-    if have.is_empty() {
-        return Ok(stored.bytes.clone());
-    }
-    let mut doc = AutoCommit::load(&stored.bytes).map_err(|e| e.to_string())?;
-    let have: Vec<ChangeHash> = have
-        .iter()
-        .map(|h| ChangeHash(*h))
-        .filter(|h| doc.get_change_by_hash(h).is_some())
-        .collect();
-    let mut out = Vec::new();
-    for change in doc.get_changes(&have) {
-        out.extend_from_slice(change.raw_bytes());
-    }
-    Ok(out)
-}
 
 /// One pending document of a device, with the local heads its push carries.
 #[derive(Clone, Debug)]
@@ -296,7 +47,7 @@ pub struct RoundReport {
 }
 
 /// Something the device driver must do, in order.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum Effect {
     /// Send this request and feed the reply back as [`Input::Reply`].
     Send(ClientMsg),
@@ -325,7 +76,7 @@ pub enum Input {
 }
 
 /// Why a round stopped; nothing unacknowledged was marked acknowledged.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, thiserror::Error)]
 pub enum RoundError {
     /// The server refused the whole request.
     #[error("server refused the request ({code:?}): {message}")]
@@ -601,4 +352,345 @@ pub async fn drive_round<D: RoundDriver>(
         queue.extend(next);
     }
     Err(RoundError::Unexpected("the round ended without finishing".into()).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Kind;
+    use crate::protocol::{Changed, PushResult};
+
+    fn id(n: u8) -> DocId {
+        [n; 16]
+    }
+
+    fn pending(n: u8) -> Pending {
+        Pending {
+            push: PushDoc {
+                id: id(n),
+                kind: Kind::CheckIn,
+                scope: "team:1".into(),
+                changes: vec![n],
+            },
+            heads: vec![[n; 32]],
+        }
+    }
+
+    fn cursor(seq: u64) -> Vec<Cursor> {
+        vec![Cursor {
+            scope: "team:1".into(),
+            seq,
+        }]
+    }
+
+    fn changed(n: u8) -> Changed {
+        Changed {
+            id: id(n),
+            kind: Kind::CheckIn,
+            scope: "team:1".into(),
+            heads: vec![[n; 32]],
+        }
+    }
+
+    fn doc(n: u8) -> DocData {
+        DocData {
+            id: id(n),
+            kind: Kind::CheckIn,
+            scope: "team:1".into(),
+            bytes: vec![n],
+        }
+    }
+
+    fn want(n: u8) -> Want {
+        Want {
+            id: id(n),
+            have: Vec::new(),
+        }
+    }
+
+    fn reply(results: Vec<PushResult>, changed: Vec<Changed>, seq: u64, more: bool) -> Input {
+        Input::Reply(ServerMsg::SyncReply(SyncReply {
+            results,
+            changed,
+            cursors: cursor(seq),
+            more,
+        }))
+    }
+
+    fn accepted(n: u8) -> PushResult {
+        PushResult {
+            id: id(n),
+            outcome: Outcome::Accepted {
+                heads: vec![[n; 32]],
+            },
+        }
+    }
+
+    fn refused(n: u8) -> PushResult {
+        PushResult {
+            id: id(n),
+            outcome: Outcome::Refused {
+                reason: "no".into(),
+            },
+        }
+    }
+
+    fn docs(docs: Vec<DocData>, unsent: u32) -> Input {
+        Input::Reply(ServerMsg::Docs { docs, unsent })
+    }
+
+    fn send_fetch(want: Vec<Want>) -> Effect {
+        Effect::Send(ClientMsg::Fetch {
+            version: PROTOCOL_VERSION,
+            want,
+        })
+    }
+
+    fn done(sent: usize, received: usize, refused: usize, exchanges: usize) -> Effect {
+        Effect::Done(RoundReport {
+            sent,
+            received,
+            refused: (0..refused)
+                .map(|_| (Uuid::from_bytes(id(2)), "no".to_string()))
+                .collect(),
+            exchanges,
+        })
+    }
+
+    struct Case {
+        name: &'static str,
+        pending: Vec<Pending>,
+        /// Each input fed in, with the effects it must produce.
+        steps: Vec<(Input, Vec<Effect>)>,
+    }
+
+    /// Rounds that end well: every input's effects, in order, up to `Done`.
+    #[test]
+    fn rounds_produce_their_effects_in_order() {
+        let cases = vec![
+            Case {
+                name: "nothing to push, nothing new: no write at all",
+                pending: vec![],
+                steps: vec![(reply(vec![], vec![], 3, false), vec![done(0, 0, 0, 1)])],
+            },
+            Case {
+                name: "nothing new but the cursor moved: store the cursor",
+                pending: vec![],
+                steps: vec![(
+                    reply(vec![], vec![], 5, false),
+                    vec![
+                        Effect::Apply {
+                            docs: vec![],
+                            cursors: cursor(5),
+                        },
+                        done(0, 0, 0, 1),
+                    ],
+                )],
+            },
+            Case {
+                name: "one accepted, one refused: both acknowledged, the refusal reported",
+                pending: vec![pending(1), pending(2)],
+                steps: vec![(
+                    reply(vec![accepted(1), refused(2)], vec![], 3, false),
+                    vec![
+                        Effect::Acknowledge {
+                            accepted: vec![(id(1), vec![[1; 32]])],
+                            refused: vec![(id(2), "no".into())],
+                        },
+                        done(1, 0, 1, 1),
+                    ],
+                )],
+            },
+            Case {
+                name: "a changed document the device already has: no fetch",
+                pending: vec![],
+                steps: vec![
+                    (
+                        reply(vec![], vec![changed(4)], 4, false),
+                        vec![Effect::LookupHeads(vec![changed(4)])],
+                    ),
+                    (
+                        Input::LocalHeads(vec![(id(4), vec![[4; 32]])]),
+                        vec![
+                            Effect::Apply {
+                                docs: vec![],
+                                cursors: cursor(4),
+                            },
+                            done(0, 0, 0, 1),
+                        ],
+                    ),
+                ],
+            },
+            Case {
+                name: "a changed document the device lacks: fetch it, apply with the cursor",
+                pending: vec![],
+                steps: vec![
+                    (
+                        reply(vec![], vec![changed(4)], 4, false),
+                        vec![Effect::LookupHeads(vec![changed(4)])],
+                    ),
+                    (Input::LocalHeads(vec![]), vec![send_fetch(vec![want(4)])]),
+                    (
+                        docs(vec![doc(4)], 0),
+                        vec![
+                            Effect::Apply {
+                                docs: vec![doc(4)],
+                                cursors: cursor(4),
+                            },
+                            done(0, 1, 0, 2),
+                        ],
+                    ),
+                ],
+            },
+            Case {
+                name: "a pull too big for one reply: apply the part, fetch the rest, cursor last",
+                pending: vec![],
+                steps: vec![
+                    (
+                        reply(vec![], vec![changed(4), changed(5)], 5, false),
+                        vec![Effect::LookupHeads(vec![changed(4), changed(5)])],
+                    ),
+                    (
+                        Input::LocalHeads(vec![]),
+                        vec![send_fetch(vec![want(4), want(5)])],
+                    ),
+                    (
+                        docs(vec![doc(4)], 1),
+                        vec![
+                            Effect::Apply {
+                                docs: vec![doc(4)],
+                                cursors: vec![],
+                            },
+                            send_fetch(vec![want(5)]),
+                        ],
+                    ),
+                    (
+                        docs(vec![doc(5)], 0),
+                        vec![
+                            Effect::Apply {
+                                docs: vec![doc(5)],
+                                cursors: cursor(5),
+                            },
+                            done(0, 2, 0, 3),
+                        ],
+                    ),
+                ],
+            },
+            Case {
+                name: "more pages of the feed: store the cursor, sync again from it",
+                pending: vec![],
+                steps: vec![
+                    (
+                        reply(vec![], vec![], 9, true),
+                        vec![
+                            Effect::Apply {
+                                docs: vec![],
+                                cursors: cursor(9),
+                            },
+                            Effect::Send(ClientMsg::Sync {
+                                version: PROTOCOL_VERSION,
+                                push: vec![],
+                                cursors: cursor(9),
+                            }),
+                        ],
+                    ),
+                    (reply(vec![], vec![], 9, false), vec![done(0, 0, 0, 2)]),
+                ],
+            },
+        ];
+        for case in cases {
+            let (mut round, first) = ClientRound::start(case.pending.clone(), cursor(3));
+            let push = case.pending.iter().map(|p| p.push.clone()).collect();
+            let expected_first = Effect::Send(ClientMsg::Sync {
+                version: PROTOCOL_VERSION,
+                push,
+                cursors: cursor(3),
+            });
+            assert_eq!(first, vec![expected_first], "{}", case.name);
+            for (i, (input, expected)) in case.steps.into_iter().enumerate() {
+                let effects = round.handle(input);
+                assert_eq!(effects, Ok(expected), "{}, step {i}", case.name);
+            }
+        }
+    }
+
+    /// Replies that do not fit the round stop it; nothing is acknowledged.
+    #[test]
+    fn rounds_stop_on_replies_that_do_not_fit() {
+        let unexpected = |m: &str| RoundError::Unexpected(m.into());
+        let cases: Vec<(&str, Vec<Pending>, Vec<Input>, RoundError)> = vec![
+            (
+                "the server refuses the request",
+                vec![pending(1)],
+                vec![Input::Reply(ServerMsg::Error {
+                    code: ErrorCode::RateLimited,
+                    message: "slow down".into(),
+                })],
+                RoundError::Refused {
+                    code: ErrorCode::RateLimited,
+                    message: "slow down".into(),
+                },
+            ),
+            (
+                "a verdict for a document never pushed",
+                vec![pending(1)],
+                vec![reply(vec![accepted(1), accepted(7)], vec![], 3, false)],
+                unexpected("a verdict for a document that was not pushed"),
+            ),
+            (
+                "a pushed document without a verdict",
+                vec![pending(1), pending(2)],
+                vec![reply(vec![accepted(1)], vec![], 3, false)],
+                unexpected("1 pushed documents got no verdict"),
+            ),
+            (
+                "documents returned with more unsent than wanted",
+                vec![],
+                vec![
+                    reply(vec![], vec![changed(4)], 4, false),
+                    Input::LocalHeads(vec![]),
+                    docs(vec![doc(4)], 2),
+                ],
+                unexpected("1 documents returned with 2 of 1 unsent"),
+            ),
+            (
+                "nothing returned yet some unsent: no progress",
+                vec![],
+                vec![
+                    reply(vec![], vec![changed(4)], 4, false),
+                    Input::LocalHeads(vec![]),
+                    docs(vec![], 1),
+                ],
+                unexpected("0 documents returned with 1 of 1 unsent"),
+            ),
+        ];
+        for (name, pending, inputs, expected) in cases {
+            let (mut round, _) = ClientRound::start(pending, cursor(3));
+            let mut last = Ok(Vec::new());
+            for input in inputs {
+                last = round.handle(input);
+                if last.is_err() {
+                    break;
+                }
+            }
+            assert_eq!(last, Err(expected), "{name}");
+        }
+    }
+
+    /// An input the round is not waiting for is an error naming both.
+    #[test]
+    fn inputs_out_of_order_are_refused() {
+        let (mut round, _) = ClientRound::start(vec![], cursor(3));
+        match round.handle(Input::LocalHeads(vec![])) {
+            Err(RoundError::Unexpected(m)) => {
+                assert!(m.contains("LocalHeads") && m.contains("AwaitSync"), "{m}")
+            }
+            other => panic!("expected Unexpected, got {other:?}"),
+        }
+        let (mut round, _) = ClientRound::start(vec![], cursor(3));
+        match round.handle(docs(vec![], 0)) {
+            Err(RoundError::Unexpected(m)) => assert!(m.contains("Docs"), "{m}"),
+            other => panic!("expected Unexpected, got {other:?}"),
+        }
+    }
 }

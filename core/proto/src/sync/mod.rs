@@ -1,0 +1,21 @@
+//! The sync protocol as plain code: both sides' state machines and the server's merge rule.
+//!
+//! Nothing here does IO. The QUIC client and server and the redb stores are thin drivers: they
+//! move messages, run the effects a state machine returns against their store, and feed the
+//! results back in.
+//!
+//! - [`client`]: the device's round ([`ClientRound`], driven by [`drive_round`]).
+//! - [`server`]: the server's answer to one request ([`ServerExchange`]): commit these pushes,
+//!   read the feed since these cursors, fetch these changes, reply.
+//! - [`merge`]: the merge rule the server applies to every push ([`merge_push`]).
+
+pub mod client;
+pub mod merge;
+pub mod server;
+
+pub use client::{
+    ClientRound, Effect, Input, Pending, Progress, RoundDriver, RoundError, RoundReport,
+    drive_round,
+};
+pub use merge::{COMPACT_AFTER_BYTES, Merged, StoredDoc, changes_for, merge_push};
+pub use server::{ServerEffect, ServerExchange, ServerInput, StorageFailure};
