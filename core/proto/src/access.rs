@@ -25,6 +25,7 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role's name as stored and shown (`volunteer`, `village`, `office`, `admin`).
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Volunteer => "volunteer",
@@ -64,11 +65,15 @@ impl FromStr for Role {
 /// The connected device as the server knows it from its own tables.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeviceCtx {
+    /// The device id: hex of the first 16 bytes of the SHA-256 of its public key.
     pub device_id: String,
     /// The device's Automerge actor id (bytes).
     pub actor: Vec<u8>,
+    /// The enrolled user the device belongs to.
     pub user_id: String,
+    /// The user's role, from the server's tables.
     pub role: Role,
+    /// The scopes the user may read and write (`team:<id>`, `village:<id>`).
     pub scopes: Vec<String>,
 }
 

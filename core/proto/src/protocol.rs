@@ -91,31 +91,50 @@ pub type Hash = [u8; 32];
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientMsg {
     /// Binds the connecting device's key to the user behind a one-time code.
-    Enroll { version: u16, code: String },
+    Enroll {
+        /// The protocol version the device speaks.
+        version: u16,
+        /// The one-time code an admin issued.
+        code: String,
+    },
     /// Pushes every pending document and asks for changes since the cursors.
     Sync {
+        /// The protocol version the device speaks.
         version: u16,
+        /// Every document with changes the server has not acknowledged.
         push: Vec<PushDoc>,
+        /// Where the device stands in each of its scopes.
         cursors: Vec<Cursor>,
     },
     /// Asks for the changes of documents the device lacks, given what it has.
-    Fetch { version: u16, want: Vec<Want> },
+    Fetch {
+        /// The protocol version the device speaks.
+        version: u16,
+        /// The documents the device lacks changes of.
+        want: Vec<Want>,
+    },
 }
 
 /// A message from the server to a device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ServerMsg {
+    /// The device is enrolled: who it belongs to and what it may do.
     Enrolled(Enrollment),
+    /// The answer to `Sync`.
     SyncReply(SyncReply),
     /// The wanted documents, in the order asked, up to a size budget; the last `unsent` wants
     /// did not fit and are asked for again.
     Docs {
+        /// The wanted documents that fit, in the order asked.
         docs: Vec<DocData>,
+        /// How many wants at the end did not fit.
         unsent: u32,
     },
     /// The request as a whole was refused; nothing of it was stored.
     Error {
+        /// What kind of refusal: devices act on the class.
         code: ErrorCode,
+        /// Why, for the person.
         message: String,
     },
 }
@@ -123,18 +142,26 @@ pub enum ServerMsg {
 /// What a device learns when it enrolls.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Enrollment {
+    /// The device id the server bound to the device key.
     pub device_id: String,
+    /// The user the device belongs to.
     pub user_id: String,
+    /// The user's display name.
     pub user_name: String,
+    /// The user's role.
     pub role: crate::access::Role,
+    /// The scopes the user may read and write.
     pub scopes: Vec<String>,
 }
 
 /// One document's new local changes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PushDoc {
+    /// The record's id.
     pub id: DocId,
+    /// The record's kind, fixed at creation.
     pub kind: Kind,
+    /// The record's scope, fixed at creation.
     pub scope: String,
     /// Concatenated Automerge change chunks.
     pub changes: Vec<u8>,
@@ -143,7 +170,9 @@ pub struct PushDoc {
 /// A scope's position in the server's change feed that a device has applied up to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
+    /// The scope this cursor is for.
     pub scope: String,
+    /// The last feed position of the scope the device has applied.
     pub seq: u64,
 }
 
@@ -161,8 +190,11 @@ pub struct SyncReply {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The server's verdict on one pushed document.
 pub struct PushResult {
+    /// The pushed document.
     pub id: DocId,
+    /// Accepted (with the heads now stored) or refused (with the reason).
     pub outcome: Outcome,
 }
 
@@ -170,31 +202,47 @@ pub struct PushResult {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     /// Durably merged; the server holds these heads (and everything before them).
-    Accepted { heads: Vec<Hash> },
+    Accepted {
+        /// The document's heads on the server after the merge.
+        heads: Vec<Hash>,
+    },
     /// Refused whole and stored nowhere, with the reason.
-    Refused { reason: String },
+    Refused {
+        /// Why, for the person.
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A document that changed in a scope since the device's cursor.
 pub struct Changed {
+    /// The record's id.
     pub id: DocId,
+    /// The record's kind.
     pub kind: Kind,
+    /// The record's scope.
     pub scope: String,
+    /// The document's heads on the server now.
     pub heads: Vec<Hash>,
 }
 
 /// A document the device wants, with the heads it already has (empty if none).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Want {
+    /// The record's id.
     pub id: DocId,
+    /// Heads of the document the device already holds.
     pub have: Vec<Hash>,
 }
 
 /// The changes of one document that the device lacks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DocData {
+    /// The record's id.
     pub id: DocId,
+    /// The record's kind.
     pub kind: Kind,
+    /// The record's scope.
     pub scope: String,
     /// Automerge bytes: a saved document and/or change chunks.
     pub bytes: Vec<u8>,
@@ -224,13 +272,26 @@ pub enum ErrorCode {
 pub enum ProtocolError {
     /// The frame announced a body larger than the cap; nothing was allocated.
     #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
-    FrameTooLarge { size: usize, limit: usize },
+    FrameTooLarge {
+        /// The announced body size.
+        size: usize,
+        /// The cap.
+        limit: usize,
+    },
     /// The input inflates past the cap.
     #[error("compressed data inflates past the limit of {limit} bytes")]
-    InflatedTooLarge { limit: usize },
+    InflatedTooLarge {
+        /// The cap on inflated bytes.
+        limit: usize,
+    },
     /// The frame ended before its announced length.
     #[error("truncated frame: expected {expected} bytes, got {got}")]
-    Truncated { expected: usize, got: usize },
+    Truncated {
+        /// Bytes the prefix or body should have had.
+        expected: usize,
+        /// Bytes that arrived.
+        got: usize,
+    },
     /// The encoding byte is unknown or the deflate stream is corrupt.
     #[error("bad frame encoding: {0}")]
     Encoding(String),

@@ -20,18 +20,25 @@ use crate::model::{self, FieldValue, HEADER_KEYS, Kind, ValidationError};
 /// `conflicts` lists only fields holding more than one concurrent value, with all of them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RecordView {
+    /// The record's UUID, hyphenated.
     pub id: String,
+    /// The record's kind (`check_in`, `village_visit`, `village_survey`).
     pub kind: String,
+    /// The record's scope (`team:<id>`, `village:<id>`).
     pub scope: String,
+    /// Each field's current value (the winning one where values conflict).
     pub fields: BTreeMap<String, FieldValue>,
+    /// Only fields holding more than one concurrent value, with all of them.
     pub conflicts: BTreeMap<String, Vec<FieldValue>>,
 }
 
 impl RecordView {
+    /// The current value of field `name`, if set.
     pub fn field(&self, name: &str) -> Option<&FieldValue> {
         self.fields.get(name)
     }
 
+    /// The current value of field `name` if it is text.
     pub fn text(&self, name: &str) -> Option<&str> {
         match self.fields.get(name) {
             Some(FieldValue::Text(s)) => Some(s),
@@ -90,7 +97,12 @@ pub enum RecordError {
     Invalid(#[from] ValidationError),
     /// A field name that the record's schema does not have.
     #[error("{kind} has no field `{field}`")]
-    UnknownField { kind: Kind, field: String },
+    UnknownField {
+        /// The record's kind.
+        kind: Kind,
+        /// The field its schema does not have.
+        field: String,
+    },
 }
 
 /// A record: its id and its Automerge document.
@@ -156,26 +168,32 @@ impl Record {
         })
     }
 
+    /// The record's id.
     pub fn id(&self) -> Uuid {
         self.id
     }
 
+    /// The record's kind, fixed at creation.
     pub fn kind(&self) -> Kind {
         self.kind
     }
 
+    /// The record's scope, fixed at creation.
     pub fn scope(&self) -> &str {
         &self.scope
     }
 
+    /// The Automerge document, for merging and history.
     pub fn doc(&mut self) -> &mut AutoCommit {
         &mut self.doc
     }
 
+    /// Gives up the record for its Automerge document.
     pub fn into_doc(self) -> AutoCommit {
         self.doc
     }
 
+    /// Makes later changes under `actor` (the device's or office user's actor id).
     pub fn set_actor(&mut self, actor: ActorId) {
         self.doc.set_actor(actor);
     }
@@ -277,6 +295,7 @@ impl Record {
         Ok(model::validate_record(self.kind, &self.values()?)?)
     }
 
+    /// The document's current heads.
     pub fn heads(&mut self) -> Vec<ChangeHash> {
         self.doc.get_heads()
     }
@@ -295,6 +314,7 @@ impl Record {
         out
     }
 
+    /// The whole document saved compactly.
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()
     }

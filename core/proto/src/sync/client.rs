@@ -15,7 +15,9 @@ use crate::protocol::{
 /// One pending document of a device, with the local heads its push carries.
 #[derive(Clone, Debug)]
 pub struct Pending {
+    /// The document with every change the server has not acknowledged.
     pub push: PushDoc,
+    /// The local heads those changes lead to; acknowledged as held once accepted.
     pub heads: Vec<Hash>,
 }
 
@@ -53,7 +55,9 @@ pub enum Effect {
     Send(ClientMsg),
     /// Record the server's verdicts on pushed documents (one durable write).
     Acknowledge {
+        /// Documents accepted, with the local heads the push carried.
         accepted: Vec<(DocId, Vec<Hash>)>,
+        /// Documents refused, with the server's reasons.
         refused: Vec<(DocId, String)>,
     },
     /// Find the local heads of these documents (empty if absent) and feed them back as
@@ -61,7 +65,9 @@ pub enum Effect {
     LookupHeads(Vec<crate::protocol::Changed>),
     /// Apply these documents and then store the cursors, in one durable write.
     Apply {
+        /// The documents' missing changes.
         docs: Vec<DocData>,
+        /// Cursors to store with them; empty while a pull is paged.
         cursors: Vec<Cursor>,
     },
     /// The round is over.
@@ -71,7 +77,9 @@ pub enum Effect {
 /// What the device driver feeds back into a round.
 #[derive(Debug)]
 pub enum Input {
+    /// The server's reply to the last request.
     Reply(ServerMsg),
+    /// The local heads asked for by [`Effect::LookupHeads`].
     LocalHeads(Vec<(DocId, Vec<Hash>)>),
 }
 
@@ -80,7 +88,12 @@ pub enum Input {
 pub enum RoundError {
     /// The server refused the whole request.
     #[error("server refused the request ({code:?}): {message}")]
-    Refused { code: ErrorCode, message: String },
+    Refused {
+        /// What kind of refusal.
+        code: ErrorCode,
+        /// The server's reason.
+        message: String,
+    },
     /// The server answered something that does not fit the protocol.
     #[error("unexpected reply from the server: {0}")]
     Unexpected(String),
@@ -280,12 +293,14 @@ impl ClientRound {
 /// Runs a round's effects in order against a driver; shared by the QUIC client and the
 /// in-process harness so both exercise the same sequence.
 pub trait RoundDriver {
+    /// The driver's error, which every round error converts into.
     type Error: From<RoundError>;
     /// Sends one request and waits for its reply.
     fn exchange(
         &mut self,
         msg: ClientMsg,
     ) -> impl std::future::Future<Output = Result<ServerMsg, Self::Error>>;
+    /// Records the server's verdicts in one durable write.
     fn acknowledge(
         &mut self,
         accepted: Vec<(DocId, Vec<Hash>)>,
@@ -297,6 +312,7 @@ pub trait RoundDriver {
         &mut self,
         changed: &[crate::protocol::Changed],
     ) -> Result<Vec<(DocId, Vec<Hash>)>, Self::Error>;
+    /// Applies documents and stores the cursors in one durable write.
     fn apply(&mut self, docs: Vec<DocData>, cursors: Vec<Cursor>) -> Result<(), Self::Error>;
     /// Called as the round goes: at its start, after each acknowledgement, fetch and apply,
     /// and at its end.

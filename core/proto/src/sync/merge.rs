@@ -18,8 +18,11 @@ pub const COMPACT_AFTER_BYTES: usize = 16 * 1024;
 /// A document as the server stores it: its fixed kind and scope, and its Automerge bytes.
 #[derive(Clone, Debug)]
 pub struct StoredDoc {
+    /// The record's kind, fixed at creation.
     pub kind: Kind,
+    /// The record's scope, fixed at creation.
     pub scope: String,
+    /// Automerge bytes: a saved document and/or appended change chunks.
     pub bytes: Vec<u8>,
 }
 
@@ -28,7 +31,9 @@ pub struct StoredDoc {
 pub struct Merged {
     /// The document's new stored bytes, or None when the push brought nothing new.
     pub bytes: Option<Vec<u8>>,
+    /// The record's projection after the merge.
     pub view: RecordView,
+    /// The document's heads after the merge.
     pub heads: Vec<Hash>,
     /// Hashes of the changes this push added.
     pub added: Vec<Hash>,
