@@ -8,9 +8,11 @@
 //! - [`server`]: the server's answer to one request ([`ServerExchange`]): commit these pushes,
 //!   read the feed since these cursors, fetch these changes, reply.
 //! - [`merge`]: the merge rule the server applies to every push ([`merge_push`]).
+//! - [`retry`]: when a device tries again after losing the connection ([`Backoff`]).
 
 pub mod client;
 pub mod merge;
+pub mod retry;
 pub mod server;
 
 pub use client::{
@@ -18,4 +20,5 @@ pub use client::{
     drive_round,
 };
 pub use merge::{COMPACT_AFTER_BYTES, Merged, StoredDoc, changes_for, merge_push};
+pub use retry::Backoff;
 pub use server::{ServerEffect, ServerExchange, ServerInput, StorageFailure};
