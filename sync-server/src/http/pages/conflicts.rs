@@ -22,7 +22,7 @@ pub(super) fn resolve_controls(page: &PageStaff, view: &RecordView) -> Markup {
             form.card.resolve method="post" action={"/resolve/" (view.id)} data-field=(field) {
                 (page.csrf_field())
                 input type="hidden" name="field" value=(field);
-                strong { (field_label(lang, field)) } " "
+                strong { (field_label(lang, &view.kind, field)) } " "
                 // Nothing is chosen in advance: the concurrent values come in no meaningful
                 // order, and a value typed under "other" must not quietly keep another value
                 // because "other" was not also clicked. The browser asks for a choice.
@@ -57,7 +57,7 @@ pub(super) async fn conflicts_page(
                 p { a href={"/records/" (r.id)} { (kind_label(lang, &r.kind)) " · " (summary(r)) } " " span.muted { (r.scope) } }
                 @if can_act { (resolve_controls(&page, r)) } @else {
                     @for (field, values) in &r.conflicts {
-                        p { strong { (field_label(lang, field)) } ": " (values.iter().map(FieldValue::to_cell).collect::<Vec<_>>().join(" | ")) }
+                        p { strong { (field_label(lang, &r.kind, field)) } ": " (values.iter().map(FieldValue::to_cell).collect::<Vec<_>>().join(" | ")) }
                     }
                 }
             }

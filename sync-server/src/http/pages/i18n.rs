@@ -3,11 +3,13 @@
 //!
 //! A string only one page shows stays next to its markup as `lang.t("中文", "English")`, so a
 //! page reads top to bottom in both languages; a name of something in the data (a kind, a
-//! status, a role, a field) is translated here once, so every page calls it the same.
+//! status, a role) is translated here once, so every page calls it the same. Field labels are
+//! part of the schema (`fieldsync_proto::model::FieldSpec`), beside the fields they name.
 
 use axum::http::HeaderMap;
 use axum_extra::extract::cookie::CookieJar;
 use fieldsync_proto::access::Role;
+use fieldsync_proto::model::Kind;
 use maud::{Markup, html};
 
 /// The language cookie (`zh` or `en`).
@@ -79,52 +81,17 @@ pub(super) fn role_label(lang: Lang, role: Role) -> &'static str {
     }
 }
 
-/// A field's name as a page shows it: in Chinese its label with the field name beside it (the
-/// name stays the contract, and staff who write scripts or read exports know it).
-pub(super) fn field_label(lang: Lang, field: &str) -> Markup {
-    match (lang, field_label_zh(field)) {
+/// A field's name as a page shows it: in Chinese the schema's label with the field name beside
+/// it (the name stays the contract, and staff who write scripts or read exports know it); a
+/// field the schema does not know (written by a newer phone) shows its name alone.
+pub(super) fn field_label(lang: Lang, kind: &str, field: &str) -> Markup {
+    let label_zh = kind
+        .parse::<Kind>()
+        .ok()
+        .and_then(|kind| kind.schema().field(field))
+        .map(|spec| spec.label_zh);
+    match (lang, label_zh) {
         (Lang::Zh, Some(zh)) => html! { (zh) " " span.muted { (field) } },
         _ => html! { (field) },
     }
-}
-
-/// A field's Chinese name (DESIGN.md's field names stay the contract, shown beside it).
-fn field_label_zh(field: &str) -> Option<&'static str> {
-    Some(match field {
-        "volunteer_id" => "志愿者编号",
-        "volunteer_name" => "志愿者",
-        "team" => "队伍",
-        "activity" => "活动",
-        "place" => "地点",
-        "lat" => "纬度",
-        "lon" => "经度",
-        "accuracy_m" => "定位精度(米)",
-        "started_at" => "开始时间",
-        "ended_at" => "结束时间",
-        "hours" => "时长(小时)",
-        "note" => "备注",
-        "status" => "状态",
-        "review_note" => "审核意见",
-        "reviewed_by" => "审核人",
-        "device_time" => "手机时间",
-        "village" => "村",
-        "household" => "农户",
-        "visitors" => "走访人",
-        "visited_at" => "走访时间",
-        "findings" => "发现问题",
-        "needs" => "需求",
-        "follow_ups" => "后续跟进",
-        "road_km_hardened" => "硬化道路(公里)",
-        "all_roads_hardened" => "道路全部硬化",
-        "bus_service" => "通客车",
-        "tap_water_pct" => "自来水普及率(%)",
-        "electricity_pct" => "通电率(%)",
-        "tv_coverage_pct" => "电视覆盖率(%)",
-        "broadband_mbps" => "宽带(Mbps)",
-        "standard_clinic" => "标准化卫生室",
-        "licensed_doctors" => "执业医生",
-        "school_sports_facilities" => "学校体育设施",
-        "collective_income_yuan" => "集体收入(元)",
-        _ => return None,
-    })
 }

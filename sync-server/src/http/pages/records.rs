@@ -117,7 +117,7 @@ pub(super) async fn record_page(
             tr { th { (lang.t("字段", "Field")) } th { (lang.t("值", "Value")) } }
             @for (name, value) in &view.fields {
                 tr class=[view.conflicts.contains_key(name).then_some("conflict")] {
-                    td { (field_label(lang, name)) }
+                    td { (field_label(lang, &view.kind, name)) }
                     td {
                         @if let Some(all) = view.conflicts.get(name) {
                             strong { (lang.t("冲突：", "Conflict: ")) }

@@ -1,8 +1,8 @@
 //! The village indicator table: each village's survey values, conflicts flagged, and its
-//! visits.
+//! visits. The columns are the survey fields the schema marks as indicators, in its order.
 
 use axum::extract::State;
-use fieldsync_proto::model::FieldValue;
+use fieldsync_proto::model::{FieldValue, Kind, Label};
 use maud::{Markup, html};
 
 use super::layout::{PageError, PageResult, PageStaff, layout};
@@ -18,28 +18,17 @@ pub(super) async fn villages_page(
     let rows = blocking(move || Ok(office::villages(&store)?))
         .await
         .page(lang)?;
-    let columns: [(&str, &str, &str); 11] = [
-        ("road_km_hardened", "硬化道路(km)", "Roads hardened (km)"),
-        ("all_roads_hardened", "村村通硬化", "All roads hardened"),
-        ("bus_service", "通客车", "Bus"),
-        ("tap_water_pct", "自来水(%)", "Tap water (%)"),
-        ("electricity_pct", "通电(%)", "Electricity (%)"),
-        ("tv_coverage_pct", "电视(%)", "TV (%)"),
-        ("broadband_mbps", "宽带(Mbps)", "Broadband (Mbps)"),
-        ("standard_clinic", "标准化卫生室", "Clinic"),
-        ("licensed_doctors", "执业医生", "Doctors"),
-        ("school_sports_facilities", "学校体育设施", "School sports"),
-        (
-            "collective_income_yuan",
-            "集体收入(元)",
-            "Collective income (¥)",
-        ),
-    ];
+    let columns: Vec<(&str, Label)> = Kind::VillageSurvey
+        .schema()
+        .fields
+        .iter()
+        .filter_map(|spec| spec.indicator.map(|heading| (spec.name, heading)))
+        .collect();
     let body = html! {
         table #villages {
             tr {
                 th { (lang.t("村", "Village")) }
-                @for (_, zh, en) in &columns { th { (lang.t(zh, en)) } }
+                @for (_, heading) in &columns { th { (lang.t(heading.zh, heading.en)) } }
                 th { (lang.t("最近走访", "Last visit")) } th { (lang.t("走访次数", "Visits")) }
             }
             @for r in &rows {
@@ -48,7 +37,7 @@ pub(super) async fn villages_page(
                         @if let Some(s) = &r.survey { a href={"/records/" (s.id)} { (r.village) } } @else { (r.village) }
                         " " span.muted { (r.scope) }
                     }
-                    @for (field, _, _) in &columns {
+                    @for (field, _) in &columns {
                         @let conflicted = r.conflicts.iter().any(|c| c == field);
                         td class=[conflicted.then_some("conflict")] {
                             (r.survey.as_ref().and_then(|s| s.field(field)).map(FieldValue::to_cell).unwrap_or_default())
