@@ -8,11 +8,12 @@ use fieldsync_proto::model::{self, FieldValue, Kind};
 use fieldsync_proto::record::RecordView;
 use maud::{Markup, html};
 use serde::Deserialize;
+use uuid::Uuid;
 
 use super::i18n::{field_label, kind_label};
 use super::layout::{PageError, PageResult, PageStaff, layout};
 use super::records::summary;
-use crate::http::{ApiError, AppState, MAX_LIST, blocking};
+use crate::http::{ApiError, AppState, MAX_LIST, blocking, resolve_record};
 use crate::office::{self, OfficeError};
 
 pub(super) fn resolve_controls(page: &PageStaff, view: &RecordView) -> Markup {
@@ -90,46 +91,37 @@ pub(super) async fn resolve_form(
 ) -> Result<Redirect, PageError> {
     let lang = page.lang;
     let id = page.staff.office_change(Some(&form.csrf), &id).page(lang)?;
-    let store = state.shared.store.clone();
-    let kind = store
-        .record_view(id)
-        .page(lang)?
-        .ok_or(OfficeError::NotFound(id))
-        .page(lang)?
+    let value = form_value(&state, id, &form).page(lang)?;
+    resolve_record(state, page.staff.user, id, form.field, value)
+        .await
+        .page(lang)?;
+    Ok(Redirect::to("/conflicts"))
+}
+
+/// The value a resolve form keeps. A picked value is the JSON of one of the concurrent values;
+/// a typed one is read by the field's type, as the command line reads it.
+fn form_value(
+    state: &AppState,
+    id: Uuid,
+    form: &ResolveForm,
+) -> Result<serde_json::Value, ApiError> {
+    let kind = state
+        .shared
+        .store
+        .record_view(id)?
+        .ok_or(OfficeError::NotFound(id))?
         .kind
         .parse::<Kind>()
-        .map_err(|e| ApiError::bad_request(e.to_string()))
-        .page(lang)?;
-    // A picked value is the JSON of one of the concurrent values; a typed one is read by the
-    // field's type, as the command line reads it.
-    let value = if form.pick == "__typed" {
-        let spec = kind
-            .schema()
-            .field(&form.field)
-            .ok_or_else(|| ApiError::bad_request(format!("{kind} has no field `{}`", form.field)))
-            .page(lang)?;
-        model::parse_input(spec, form.typed.trim())
-            .map_err(|e| ApiError::bad_request(e.to_string()))
-            .page(lang)?
-            .to_json()
-    } else {
-        serde_json::from_str(&form.pick)
-            .map_err(|e| ApiError::bad_request(format!("bad value: {e}")))
-            .page(lang)?
-    };
-    let user = page.staff.user.clone();
-    blocking(move || {
-        let now = chrono::Utc::now().timestamp();
-        Ok(office::resolve(
-            &state.shared,
-            &user,
-            id,
-            &form.field,
-            &value,
-            now,
-        )?)
-    })
-    .await
-    .page(lang)?;
-    Ok(Redirect::to("/conflicts"))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if form.pick != "__typed" {
+        return serde_json::from_str(&form.pick)
+            .map_err(|e| ApiError::bad_request(format!("bad value: {e}")));
+    }
+    let spec = kind
+        .schema()
+        .field(&form.field)
+        .ok_or_else(|| ApiError::bad_request(format!("{kind} has no field `{}`", form.field)))?;
+    Ok(model::parse_input(spec, form.typed.trim())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .to_json())
 }

@@ -8,64 +8,10 @@ use fieldsync_proto::record::RecordView;
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::i18n::Lang;
 use super::layout::{PageError, PageResult, PageStaff, layout, local_path};
-use crate::http::{AppState, MAX_LIST, blocking};
-use crate::office::{self, Verdict};
-
-pub(super) fn review_controls(page: &PageStaff, view: &RecordView) -> Markup {
-    let lang = page.lang;
-    html! {
-        form.card.review method="post" action={"/review/" (view.id)} {
-            (page.csrf_field())
-            label { (lang.t("审核意见", "Note")) " " input name="note" value=(view.text("review_note").unwrap_or("")); }
-            " "
-            button type="submit" name="status" value="confirmed" class="confirm" { (lang.t("确认", "Confirm")) }
-            " "
-            button type="submit" name="status" value="rejected" class="reject" { (lang.t("驳回", "Reject")) }
-        }
-    }
-}
-
-#[derive(Deserialize)]
-pub(super) struct ReviewForm {
-    /// A missing token is refused by the CSRF check (403), like a wrong one.
-    #[serde(default)]
-    csrf: String,
-    status: String,
-    #[serde(default)]
-    note: String,
-    /// Where to go afterwards (the review queue or the record).
-    back: Option<String>,
-}
-
-pub(super) async fn review_form(
-    State(state): State<AppState>,
-    page: PageStaff,
-    Path(id): Path<String>,
-    Form(form): Form<ReviewForm>,
-) -> Result<Redirect, PageError> {
-    let lang = page.lang;
-    let id = page.staff.office_change(Some(&form.csrf), &id).page(lang)?;
-    let verdict = Verdict::parse(&form.status).page(lang)?;
-    let user = page.staff.user.clone();
-    blocking(move || {
-        let now = chrono::Utc::now().timestamp();
-        Ok(office::review(
-            &state.shared,
-            &user,
-            id,
-            verdict,
-            &form.note,
-            now,
-        )?)
-    })
-    .await
-    .page(lang)?;
-    Ok(Redirect::to(&local_path(
-        form.back.as_deref(),
-        &format!("/records/{id}"),
-    )))
-}
+use crate::http::{AppState, MAX_LIST, blocking, review_record};
+use crate::office;
 
 pub(super) async fn review_page(
     State(state): State<AppState>,
@@ -102,8 +48,7 @@ pub(super) async fn review_page(
                                 (page.csrf_field())
                                 input type="hidden" name="back" value="/review";
                                 input name="note" placeholder=(lang.t("审核意见", "note"));
-                                " " button type="submit" name="status" value="confirmed" class="confirm" { (lang.t("确认", "Confirm")) }
-                                " " button type="submit" name="status" value="rejected" class="reject" { (lang.t("驳回", "Reject")) }
+                                (verdict_buttons(lang))
                             }
                         } @else { span.muted { (lang.t("仅办公室人员可审核", "office staff review")) } }
                     }
@@ -117,4 +62,53 @@ pub(super) async fn review_page(
         "/review",
         body,
     ))
+}
+
+/// The review form of one check-in, on its record page.
+pub(super) fn review_controls(page: &PageStaff, view: &RecordView) -> Markup {
+    let lang = page.lang;
+    html! {
+        form.card.review method="post" action={"/review/" (view.id)} {
+            (page.csrf_field())
+            label { (lang.t("审核意见", "Note")) " " input name="note" value=(view.text("review_note").unwrap_or("")); }
+            (verdict_buttons(lang))
+        }
+    }
+}
+
+/// The two submit buttons of a review form: the verdict is the button pressed.
+fn verdict_buttons(lang: Lang) -> Markup {
+    html! {
+        " " button type="submit" name="status" value="confirmed" class="confirm" { (lang.t("确认", "Confirm")) }
+        " " button type="submit" name="status" value="rejected" class="reject" { (lang.t("驳回", "Reject")) }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct ReviewForm {
+    /// A missing token is refused by the CSRF check (403), like a wrong one.
+    #[serde(default)]
+    csrf: String,
+    status: String,
+    #[serde(default)]
+    note: String,
+    /// Where to go afterwards (the review queue or the record).
+    back: Option<String>,
+}
+
+pub(super) async fn review_form(
+    State(state): State<AppState>,
+    page: PageStaff,
+    Path(id): Path<String>,
+    Form(form): Form<ReviewForm>,
+) -> Result<Redirect, PageError> {
+    let lang = page.lang;
+    let id = page.staff.office_change(Some(&form.csrf), &id).page(lang)?;
+    review_record(state, page.staff.user, id, &form.status, form.note)
+        .await
+        .page(lang)?;
+    Ok(Redirect::to(&local_path(
+        form.back.as_deref(),
+        &format!("/records/{id}"),
+    )))
 }
