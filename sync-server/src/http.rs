@@ -334,10 +334,17 @@ async fn api_records(
     _staff: Staff,
     Query(query): Query<RecordQuery>,
 ) -> Result<axum::Json<Vec<RecordView>>, ApiError> {
-    let filter = query.filter()?;
-    let store = state.shared.store.clone();
-    let records = blocking(move || Ok(office::find_records(&store, &filter, MAX_LIST)?)).await?;
+    let records = list_records(&state, query.filter()?).await?;
     Ok(axum::Json(records))
+}
+
+/// The records `filter` selects, at most [`MAX_LIST`] of them: for the API and the pages.
+async fn list_records(
+    state: &HttpState,
+    filter: RecordFilter,
+) -> Result<Vec<RecordView>, ApiError> {
+    let store = state.shared.store.clone();
+    blocking(move || Ok(office::find_records(&store, &filter, MAX_LIST)?)).await
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {

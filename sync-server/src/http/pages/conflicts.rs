@@ -3,7 +3,6 @@
 
 use axum::extract::{Form, Path, State};
 use axum::response::Redirect;
-use fieldsync_proto::access::Role;
 use fieldsync_proto::model::{self, FieldValue, Kind};
 use fieldsync_proto::record::RecordView;
 use maud::{Markup, html};
@@ -13,7 +12,7 @@ use uuid::Uuid;
 use super::i18n::{field_label, kind_label};
 use super::layout::{PageError, PageResult, PageStaff, layout};
 use super::records::summary;
-use crate::http::{ApiError, AppState, MAX_LIST, blocking, resolve_record};
+use crate::http::{ApiError, AppState, list_records, resolve_record};
 use crate::office::{self, OfficeError};
 
 pub(super) fn resolve_controls(page: &PageStaff, view: &RecordView) -> Markup {
@@ -42,15 +41,12 @@ pub(super) async fn conflicts_page(
     page: PageStaff,
 ) -> Result<Markup, PageError> {
     let lang = page.lang;
-    let store = state.shared.store.clone();
     let filter = office::RecordFilter {
         conflicted: true,
         ..Default::default()
     };
-    let records = blocking(move || Ok(office::find_records(&store, &filter, MAX_LIST)?))
-        .await
-        .page(lang)?;
-    let can_act = page.staff.user.role == Role::Office;
+    let records = list_records(&state, filter).await.page(lang)?;
+    let can_act = page.is_office();
     let body = html! {
         p { (records.len()) " " (lang.t("条记录存在冲突值", "records hold conflicting values")) }
         @for r in &records {

@@ -9,10 +9,8 @@ use fieldsync_proto::access::Role;
 use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
-use super::i18n::role_label;
-use super::layout::{
-    CsrfForm, PageError, PageResult, PageStaff, admin_form_role, layout, time_text,
-};
+use super::layout::{CsrfForm, PageError, PageResult, PageStaff, layout, time_text};
+use super::users::{admin_form_user, user_fields};
 use crate::http::{ApiError, AppState, revoke_device};
 use crate::store::User;
 
@@ -68,11 +66,7 @@ fn devices_body(
             form.card #enroll method="post" action="/devices/enroll" {
                 h2 { (lang.t("注册新设备", "Enroll a device")) }
                 (page.csrf_field())
-                label { (lang.t("用户 ID ", "User id ")) input name="user" required; } " "
-                label { (lang.t("姓名 ", "Name ")) input name="name" required; } " "
-                label { (lang.t("角色 ", "Role ")) select name="role" {
-                    @for role in [Role::Volunteer, Role::Village] { option value=(role.as_str()) { (role_label(lang, role)) } }
-                } } " "
+                (user_fields(lang, &[Role::Volunteer, Role::Village]))
                 label { (lang.t("范围 ", "Scopes ")) input name="scopes" placeholder="team:7 village:3" required; } " "
                 label { (lang.t("有效期（小时）", "Valid (hours) ")) input name="hours" type="number" value="24" min="1" max="720"; } " "
                 button type="submit" { (lang.t("生成注册码", "Issue code")) }
@@ -132,20 +126,16 @@ pub(super) async fn enroll_form(
     Form(form): Form<EnrollForm>,
 ) -> Result<Markup, PageError> {
     let lang = page.lang;
-    let role = admin_form_role(&page, &form.csrf, &form.role)?;
-    if !matches!(role, Role::Volunteer | Role::Village) {
+    let scopes = form.scopes.split_whitespace().map(str::to_string).collect();
+    let user = admin_form_user(
+        &page, &form.csrf, &form.user, &form.name, &form.role, scopes,
+    )?;
+    if !matches!(user.role, Role::Volunteer | Role::Village) {
         return Err(PageError(
             ApiError::bad_request("devices are enrolled for volunteers and village teams"),
             lang,
         ));
     }
-    let scopes: Vec<String> = form.scopes.split_whitespace().map(str::to_string).collect();
-    let user = User {
-        id: form.user.trim().to_string(),
-        name: form.name.trim().to_string(),
-        role,
-        scopes,
-    };
     let hours = form.hours.unwrap_or(24);
     let issued = crate::enrollment::issue(&state.shared.store, &user, hours * 3600)
         .map_err(ApiError::bad_request)

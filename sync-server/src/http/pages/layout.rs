@@ -20,6 +20,12 @@ pub(super) struct PageStaff {
 }
 
 impl PageStaff {
+    /// Whether the user reviews and resolves (the office role); others see the same pages
+    /// without those forms.
+    pub(super) fn is_office(&self) -> bool {
+        self.staff.user.role == Role::Office
+    }
+
     /// The hidden field that carries the session's CSRF token in every form that changes
     /// something.
     pub(super) fn csrf_field(&self) -> Markup {
@@ -180,15 +186,6 @@ pub(super) struct CsrfForm {
     /// A missing token is refused by the CSRF check (403), like a wrong one.
     #[serde(default)]
     pub(super) csrf: String,
-}
-
-/// Checks an admin form's CSRF token and the user's role, and reads its `role` field.
-pub(super) fn admin_form_role(page: &PageStaff, csrf: &str, role: &str) -> Result<Role, PageError> {
-    page.staff.check_csrf(Some(csrf)).page(page.lang)?;
-    page.staff.require(Role::Admin).page(page.lang)?;
-    role.parse()
-        .map_err(|_| ApiError::bad_request(format!("unknown role `{role}`")))
-        .page(page.lang)
 }
 
 /// A same-site path to go back to, or `fallback`: never another site, so a crafted link

@@ -2,7 +2,6 @@
 //! for office staff, the review and resolve forms.
 
 use axum::extract::{Path, Query, State};
-use fieldsync_proto::access::Role;
 use fieldsync_proto::model::{self, FieldValue, Kind};
 use fieldsync_proto::record::RecordView;
 use maud::{Markup, html};
@@ -11,7 +10,7 @@ use super::conflicts::resolve_controls;
 use super::i18n::{Lang, field_label, kind_label, status_label};
 use super::layout::{PageError, PageResult, PageStaff, layout, time_text};
 use super::review::review_controls;
-use crate::http::{AppState, MAX_LIST, RecordQuery, blocking, parse_id};
+use crate::http::{AppState, MAX_LIST, RecordQuery, blocking, list_records, parse_id};
 use crate::office::{self, OfficeError};
 
 /// A short one-line summary of a record for lists.
@@ -57,11 +56,7 @@ pub(super) async fn records_page(
 ) -> Result<Markup, PageError> {
     let lang = page.lang;
     let filter = query.filter().page(lang)?;
-    let store = state.shared.store.clone();
-    let f = filter.clone();
-    let records = blocking(move || Ok(office::find_records(&store, &f, MAX_LIST)?))
-        .await
-        .page(lang)?;
+    let records = list_records(&state, filter).await.page(lang)?;
     let v = |o: &Option<String>| o.clone().unwrap_or_default();
     let kind = v(&query.kind);
     let export_kind = if kind.is_empty() {
@@ -110,7 +105,7 @@ pub(super) async fn record_page(
     })
     .await
     .page(lang)?;
-    let can_act = page.staff.user.role == Role::Office;
+    let can_act = page.is_office();
     let body = html! {
         p { (kind_label(lang, &view.kind)) " · " code { (view.scope) } " · " code { (view.id) } }
         table #fields {

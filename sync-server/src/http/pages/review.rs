@@ -2,7 +2,6 @@
 
 use axum::extract::{Form, Path, State};
 use axum::response::Redirect;
-use fieldsync_proto::access::Role;
 use fieldsync_proto::model::{FieldValue, Kind};
 use fieldsync_proto::record::RecordView;
 use maud::{Markup, html};
@@ -10,7 +9,7 @@ use serde::Deserialize;
 
 use super::i18n::Lang;
 use super::layout::{PageError, PageResult, PageStaff, layout, local_path};
-use crate::http::{AppState, MAX_LIST, blocking, review_record};
+use crate::http::{AppState, list_records, review_record};
 use crate::office;
 
 pub(super) async fn review_page(
@@ -18,16 +17,13 @@ pub(super) async fn review_page(
     page: PageStaff,
 ) -> Result<Markup, PageError> {
     let lang = page.lang;
-    let store = state.shared.store.clone();
     let filter = office::RecordFilter {
         kind: Some(Kind::CheckIn),
         status: Some("submitted".into()),
         ..Default::default()
     };
-    let records = blocking(move || Ok(office::find_records(&store, &filter, MAX_LIST)?))
-        .await
-        .page(lang)?;
-    let can_act = page.staff.user.role == Role::Office;
+    let records = list_records(&state, filter).await.page(lang)?;
+    let can_act = page.is_office();
     let body = html! {
         p { (records.len()) " " (lang.t("条待审核的签到", "check-ins waiting for review")) }
         table #review-queue {

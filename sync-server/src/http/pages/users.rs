@@ -6,10 +6,10 @@ use fieldsync_proto::access::Role;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::i18n::role_label;
-use super::layout::{PageError, PageResult, PageStaff, admin_form_role, layout};
+use super::i18n::{Lang, role_label};
+use super::layout::{PageError, PageResult, PageStaff, layout};
 use crate::auth;
-use crate::http::{AppState, blocking};
+use crate::http::{ApiError, AppState, blocking};
 use crate::store::User;
 
 pub(super) async fn users_page(
@@ -23,11 +23,7 @@ pub(super) async fn users_page(
         form.card #add-user method="post" action="/users" {
             h2 { (lang.t("添加办公室或管理员账号", "Add an office or admin account")) }
             (page.csrf_field())
-            label { (lang.t("用户 ID ", "User id ")) input name="user" required; } " "
-            label { (lang.t("姓名 ", "Name ")) input name="name" required; } " "
-            label { (lang.t("角色 ", "Role ")) select name="role" {
-                @for role in [Role::Office, Role::Admin] { option value=(role.as_str()) { (role_label(lang, role)) } }
-            } } " "
+            (user_fields(lang, &[Role::Office, Role::Admin]))
             label { (lang.t("密码 ", "Password ")) input name="password" type="password" minlength="8" required; } " "
             button type="submit" { (lang.t("添加", "Add")) }
         }
@@ -58,16 +54,54 @@ pub(super) async fn add_user_form(
     Form(form): Form<AddUserForm>,
 ) -> Result<Redirect, PageError> {
     let lang = page.lang;
-    let role = admin_form_role(&page, &form.csrf, &form.role)?;
-    let user = User {
-        id: form.user.trim().to_string(),
-        name: form.name.trim().to_string(),
-        role,
-        scopes: Vec::new(),
-    };
+    let user = admin_form_user(
+        &page,
+        &form.csrf,
+        &form.user,
+        &form.name,
+        &form.role,
+        Vec::new(),
+    )?;
     let store = state.shared.store.clone();
     blocking(move || Ok(auth::add_staff(&store, &user, &form.password)?))
         .await
         .page(lang)?;
     Ok(Redirect::to("/users"))
+}
+
+/// The fields that name a new user in both admin forms (an account here, a device's user on
+/// the devices page), offering `roles`.
+pub(super) fn user_fields(lang: Lang, roles: &[Role]) -> Markup {
+    html! {
+        label { (lang.t("用户 ID ", "User id ")) input name="user" required; } " "
+        label { (lang.t("姓名 ", "Name ")) input name="name" required; } " "
+        label { (lang.t("角色 ", "Role ")) select name="role" {
+            @for role in roles { option value=(role.as_str()) { (role_label(lang, *role)) } }
+        } } " "
+    }
+}
+
+/// Checks an admin form (its CSRF token, then the admin role) and reads the user it names
+/// from the [`user_fields`].
+pub(super) fn admin_form_user(
+    page: &PageStaff,
+    csrf: &str,
+    id: &str,
+    name: &str,
+    role: &str,
+    scopes: Vec<String>,
+) -> Result<User, PageError> {
+    let lang = page.lang;
+    page.staff.check_csrf(Some(csrf)).page(lang)?;
+    page.staff.require(Role::Admin).page(lang)?;
+    let role = role
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("unknown role `{role}`")))
+        .page(lang)?;
+    Ok(User {
+        id: id.trim().to_string(),
+        name: name.trim().to_string(),
+        role,
+        scopes,
+    })
 }
