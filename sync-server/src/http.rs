@@ -210,6 +210,13 @@ impl Staff {
         parse_id(id)
     }
 
+    /// Admits an admin change (users, devices): the CSRF token of a browser session, then the
+    /// admin role.
+    pub fn admin_change(&self, csrf: Option<&str>) -> Result<(), ApiError> {
+        self.check_csrf(csrf)?;
+        self.require(Role::Admin)
+    }
+
     /// Refuses unless the user has `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.user.role == role {
@@ -516,8 +523,7 @@ async fn api_revoke(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    staff.check_csrf(csrf_header(&headers))?;
-    staff.require(Role::Admin)?;
+    staff.admin_change(csrf_header(&headers))?;
     revoke_device(&state, &id)?;
     Ok(axum::Json(serde_json::json!({ "revoked": id })))
 }

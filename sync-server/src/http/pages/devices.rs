@@ -18,9 +18,18 @@ pub(super) async fn devices_page(
     State(state): State<AppState>,
     page: PageStaff,
 ) -> Result<Markup, PageError> {
-    let body = devices_body(&state, &page, None).page(page.lang)?;
+    devices_view(&state, &page, None)
+}
+
+/// The devices page, with the code just issued if there is one.
+fn devices_view(
+    state: &AppState,
+    page: &PageStaff,
+    issued: Option<&IssuedCode>,
+) -> Result<Markup, PageError> {
+    let body = devices_body(state, page, issued).page(page.lang)?;
     Ok(layout(
-        &page,
+        page,
         page.lang.t("设备", "Devices"),
         "/devices",
         body,
@@ -41,7 +50,7 @@ fn devices_body(
     issued: Option<&IssuedCode>,
 ) -> Result<Markup, ApiError> {
     let lang = page.lang;
-    let is_admin = page.staff.user.role == Role::Admin;
+    let is_admin = page.is_admin();
     let devices = state.shared.store.devices()?;
     let users: BTreeMap<String, User> = state
         .shared
@@ -152,8 +161,7 @@ pub(super) async fn enroll_form(
         user,
     };
     tracing::info!(user = %issued.user.id, "enrollment code issued from the dashboard");
-    let body = devices_body(&state, &page, Some(&issued)).page(lang)?;
-    Ok(layout(&page, lang.t("设备", "Devices"), "/devices", body))
+    devices_view(&state, &page, Some(&issued))
 }
 
 pub(super) async fn revoke_form(
@@ -163,8 +171,7 @@ pub(super) async fn revoke_form(
     Form(form): Form<CsrfForm>,
 ) -> Result<Redirect, PageError> {
     let lang = page.lang;
-    page.staff.check_csrf(Some(&form.csrf)).page(lang)?;
-    page.staff.require(Role::Admin).page(lang)?;
+    page.staff.admin_change(Some(&form.csrf)).page(lang)?;
     revoke_device(&state, &id).page(lang)?;
     Ok(Redirect::to("/devices"))
 }

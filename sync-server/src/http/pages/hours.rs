@@ -26,7 +26,7 @@ pub(super) async fn hours_page(
                 option value="volunteer" selected[!team] { (lang.t("志愿者", "volunteer")) }
                 option value="team" selected[team] { (lang.t("队伍", "team")) }
             } }
-            label { (lang.t("月份", "Month")) input type="month" name="month" value=(month.clone().unwrap_or_default()); }
+            label { (lang.t("月份", "Month")) input type="month" name="month" value=(month.as_deref().unwrap_or_default()); }
             button type="submit" { (lang.t("查看", "Show")) }
         }
         p.muted { (lang.t("只有已确认的签到计入“已确认”时长；待审核的计入“待审核”，已驳回的不计入。", "Only confirmed check-ins count as confirmed hours; submitted ones are pending; rejected ones count nowhere.")) }

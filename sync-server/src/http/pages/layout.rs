@@ -26,6 +26,11 @@ impl PageStaff {
         self.staff.user.role == Role::Office
     }
 
+    /// Whether the user manages accounts and devices (the admin role).
+    pub(super) fn is_admin(&self) -> bool {
+        self.staff.user.role == Role::Admin
+    }
+
     /// The hidden field that carries the session's CSRF token in every form that changes
     /// something.
     pub(super) fn csrf_field(&self) -> Markup {
@@ -122,7 +127,7 @@ input,select,button{font:inherit;padding:.2rem .4rem}button{cursor:pointer}
 /// The page frame: navigation, language switch and logout.
 pub(super) fn layout(p: &PageStaff, title: &str, active: &str, body: Markup) -> Markup {
     let lang = p.lang;
-    let is_admin = p.staff.user.role == Role::Admin;
+    let is_admin = p.is_admin();
     let links: Vec<(&str, &str)> = vec![
         ("/records", lang.t("记录", "Records")),
         ("/review", lang.t("待审核", "Review")),

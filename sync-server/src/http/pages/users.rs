@@ -81,8 +81,8 @@ pub(super) fn user_fields(lang: Lang, roles: &[Role]) -> Markup {
     }
 }
 
-/// Checks an admin form (its CSRF token, then the admin role) and reads the user it names
-/// from the [`user_fields`].
+/// Admits an admin form ([`Staff::admin_change`](crate::http::Staff::admin_change)) and reads
+/// the user it names in its [`user_fields`].
 pub(super) fn admin_form_user(
     page: &PageStaff,
     csrf: &str,
@@ -92,8 +92,7 @@ pub(super) fn admin_form_user(
     scopes: Vec<String>,
 ) -> Result<User, PageError> {
     let lang = page.lang;
-    page.staff.check_csrf(Some(csrf)).page(lang)?;
-    page.staff.require(Role::Admin).page(lang)?;
+    page.staff.admin_change(Some(csrf)).page(lang)?;
     let role = role
         .parse()
         .map_err(|_| ApiError::bad_request(format!("unknown role `{role}`")))
