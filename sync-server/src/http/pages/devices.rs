@@ -145,8 +145,9 @@ pub(super) async fn enroll_form(
             lang,
         ));
     }
-    let hours = form.hours.unwrap_or(24);
-    let issued = crate::enrollment::issue(&state.shared.store, &user, hours * 3600)
+    // Saturating: an absurd number of hours is refused as out of range, not overflowed.
+    let ttl_secs = form.hours.unwrap_or(24).saturating_mul(3600);
+    let issued = crate::enrollment::issue(&state.shared.store, &user, ttl_secs)
         .map_err(ApiError::bad_request)
         .page(lang)?;
     let host = headers
