@@ -1,5 +1,6 @@
-//! Records that hold conflicting values, and the form that keeps one of them (also on a
-//! record's page).
+//! Records holding conflicting values, and the form that keeps one value.
+//!
+//! The same form also stands on a record's own page.
 
 use axum::extract::{Form, Path, State};
 use axum::response::Redirect;

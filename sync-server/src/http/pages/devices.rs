@@ -1,4 +1,6 @@
-//! Enrolled devices and their revocation, and enrollment codes (shown once, with a QR code).
+//! Enrolled devices and their revocation, and enrollment codes.
+//!
+//! A code is shown once, as text and as a QR code the phone scans.
 
 use std::collections::BTreeMap;
 

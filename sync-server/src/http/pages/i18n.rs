@@ -1,5 +1,4 @@
-//! The dashboard's two languages, and the words several pages share: kinds, statuses, roles and
-//! field labels.
+//! The dashboard's two languages, and the names of kinds, statuses, roles and fields in them.
 //!
 //! A string only one page shows stays next to its markup as `lang.t("中文", "English")`, so a
 //! page reads top to bottom in both languages; a name of something in the data (a kind, a

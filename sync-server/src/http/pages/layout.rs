@@ -1,5 +1,7 @@
-//! What every page shares: the frame and its CSS, who is asking, the error page, cookies and
-//! the checks a form passes.
+//! What every page shares: the frame, who is asking, the error page, cookies.
+//!
+//! Beside those, the CSS and a few small helpers: a form's CSRF field, a safe way back, how
+//! times read.
 
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;

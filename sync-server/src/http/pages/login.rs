@@ -1,5 +1,6 @@
-//! Logging in and out, and the language switch: the pages a visitor reaches before, or
-//! without, a login.
+//! Logging in and out, and the language switch.
+//!
+//! These are what a visitor reaches before, or without, a login.
 //!
 //! The login form has no session yet to carry a CSRF token, so it gets a double-submit token:
 //! a cookie and a hidden field that must match.

@@ -8,18 +8,18 @@
 //!
 //! | module | serves |
 //! | --- | --- |
-//! | [`login`] | `/login`, `/logout`, `/lang/{lang}` |
-//! | [`records`] | `/records` (list, filters, export links), `/records/{id}` (one record, history) |
-//! | [`review`] | `/review` (the queue), `POST /review/{id}` |
-//! | [`conflicts`] | `/conflicts`, `POST /resolve/{id}` |
-//! | [`hours`] | `/hours` |
-//! | [`villages`] | `/villages` (the indicator table) |
-//! | [`devices`] | `/devices`, `POST /devices/enroll` (code and QR), `POST /devices/{id}/revoke` |
-//! | [`users`] | `/users` (list and add; admin only) |
+//! | `login.rs` | `/login`, `/logout`, `/lang/{lang}` |
+//! | `records.rs` | `/records` (list, filters, export links), `/records/{id}` (one record, history) |
+//! | `review.rs` | `/review` (the queue), `POST /review/{id}` |
+//! | `conflicts.rs` | `/conflicts`, `POST /resolve/{id}` |
+//! | `hours.rs` | `/hours` |
+//! | `villages.rs` | `/villages` (the indicator table) |
+//! | `devices.rs` | `/devices`, `POST /devices/enroll` (code and QR), `POST /devices/{id}/revoke` |
+//! | `users.rs` | `/users` (list and add; admin only) |
 //!
-//! Beside them, [`layout`] holds what every page shares (the frame, CSS, who is asking, the
-//! error page, cookies and form checks) and [`i18n`] the two languages and the names of kinds,
-//! statuses, roles and fields.
+//! Beside them, `layout.rs` holds what every page shares (the frame, CSS, who is asking, the
+//! error page, cookies) and `i18n.rs` the two languages and the names of kinds, statuses, roles
+//! and fields. A form a page posts is handled in that page's module.
 
 mod conflicts;
 mod devices;
@@ -38,6 +38,7 @@ use axum::routing::{get, post};
 
 use super::AppState;
 
+/// The dashboard's routes, merged beside the API's by [`super::router`].
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/records") }))

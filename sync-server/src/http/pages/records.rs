@@ -1,5 +1,7 @@
-//! The record list with its filters and export links, and one record with its history and,
-//! for office staff, the review and resolve forms.
+//! The record list, and one record with its history.
+//!
+//! The list has filters and export links; a record's page shows office staff the review and
+//! resolve forms too.
 
 use axum::extract::{Path, Query, State};
 use fieldsync_proto::model::{self, FieldValue, Kind};

@@ -1,4 +1,6 @@
-//! The queue of check-ins waiting for review, and the review form (also on a record's page).
+//! The queue of check-ins waiting for review, and the review form.
+//!
+//! The same form also stands on a check-in's own page.
 
 use axum::extract::{Form, Path, State};
 use axum::response::Redirect;

@@ -1,5 +1,6 @@
-//! The village indicator table: each village's survey values, conflicts flagged, and its
-//! visits. The columns are the survey fields the schema marks as indicators, in its order.
+//! The village indicator table: survey values, conflicts flagged, and visits per village.
+//!
+//! The columns are the survey fields the schema marks as indicators, in its order.
 
 use axum::extract::State;
 use fieldsync_proto::model::{FieldValue, Kind, Label};
