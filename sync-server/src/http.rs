@@ -210,6 +210,13 @@ impl Staff {
         parse_id(id)
     }
 
+    /// Admits an admin change (users, devices): the CSRF token of a browser session, then the
+    /// admin role.
+    pub fn admin_change(&self, csrf: Option<&str>) -> Result<(), ApiError> {
+        self.check_csrf(csrf)?;
+        self.require(Role::Admin)
+    }
+
     /// Refuses unless the user has `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.user.role == role {
@@ -334,10 +341,17 @@ async fn api_records(
     _staff: Staff,
     Query(query): Query<RecordQuery>,
 ) -> Result<axum::Json<Vec<RecordView>>, ApiError> {
-    let filter = query.filter()?;
-    let store = state.shared.store.clone();
-    let records = blocking(move || Ok(office::find_records(&store, &filter, MAX_LIST)?)).await?;
+    let records = list_records(&state, query.filter()?).await?;
     Ok(axum::Json(records))
+}
+
+/// The records `filter` selects, at most [`MAX_LIST`] of them: for the API and the pages.
+async fn list_records(
+    state: &HttpState,
+    filter: RecordFilter,
+) -> Result<Vec<RecordView>, ApiError> {
+    let store = state.shared.store.clone();
+    blocking(move || Ok(office::find_records(&store, &filter, MAX_LIST)?)).await
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
@@ -400,19 +414,7 @@ async fn api_review(
 ) -> Result<axum::Json<RecordView>, ApiError> {
     let id = staff.office_change(csrf_header(&headers), &id)?;
     let body: ReviewBody = json_body(&body)?;
-    let verdict = Verdict::parse(&body.status)?;
-    let view = blocking(move || {
-        let now = chrono::Utc::now().timestamp();
-        Ok(office::review(
-            &state.shared,
-            &staff.user,
-            id,
-            verdict,
-            &body.note,
-            now,
-        )?)
-    })
-    .await?;
+    let view = review_record(state, staff.user, id, &body.status, body.note).await?;
     Ok(axum::Json(view))
 }
 
@@ -425,19 +427,51 @@ async fn api_resolve(
 ) -> Result<axum::Json<RecordView>, ApiError> {
     let id = staff.office_change(csrf_header(&headers), &id)?;
     let body: ResolveBody = json_body(&body)?;
-    let view = blocking(move || {
-        let now = chrono::Utc::now().timestamp();
-        Ok(office::resolve(
-            &state.shared,
-            &staff.user,
-            id,
-            &body.field,
-            &body.value,
-            now,
-        )?)
-    })
-    .await?;
+    let view = resolve_record(state, staff.user, id, body.field, body.value).await?;
     Ok(axum::Json(view))
+}
+
+/// Confirms or rejects check-in `id` as `user` (`status` is `confirmed` or `rejected`).
+///
+/// The API and the dashboard form both end here once they have admitted the request
+/// ([`Staff::office_change`]) and read it, so a bad status or a refused change is answered
+/// alike by both.
+async fn review_record(
+    state: AppState,
+    user: User,
+    id: Uuid,
+    status: &str,
+    note: String,
+) -> Result<RecordView, ApiError> {
+    let verdict = Verdict::parse(status)?;
+    run_office_change(state, move |shared, now| {
+        office::review(shared, &user, id, verdict, &note, now)
+    })
+    .await
+}
+
+/// Keeps `value` as the one value of `field` of record `id`, as `user`; like
+/// [`review_record`], shared by the API and the dashboard form.
+async fn resolve_record(
+    state: AppState,
+    user: User,
+    id: Uuid,
+    field: String,
+    value: serde_json::Value,
+) -> Result<RecordView, ApiError> {
+    run_office_change(state, move |shared, now| {
+        office::resolve(shared, &user, id, &field, &value, now)
+    })
+    .await
+}
+
+/// Runs an office change on a blocking thread (it merges and commits), stamped with the time
+/// it runs.
+async fn run_office_change(
+    state: AppState,
+    change: impl FnOnce(&Shared, i64) -> Result<RecordView, OfficeError> + Send + 'static,
+) -> Result<RecordView, ApiError> {
+    blocking(move || Ok(change(&state.shared, chrono::Utc::now().timestamp())?)).await
 }
 
 /// Query of `GET /api/hours`.
@@ -489,8 +523,7 @@ async fn api_revoke(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    staff.check_csrf(csrf_header(&headers))?;
-    staff.require(Role::Admin)?;
+    staff.admin_change(csrf_header(&headers))?;
     revoke_device(&state, &id)?;
     Ok(axum::Json(serde_json::json!({ "revoked": id })))
 }

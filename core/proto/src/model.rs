@@ -188,39 +188,65 @@ impl FromStr for Kind {
     }
 }
 
+/// A name shown to people, in the two languages of the office dashboard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Label {
+    pub zh: &'static str,
+    pub en: &'static str,
+}
+
 /// One field of a schema.
 #[derive(Debug)]
 pub struct FieldSpec {
     pub name: &'static str,
+    /// What people call the field in Chinese; the dashboard shows it beside `name`. Labels are
+    /// for reading and may be reworded; `name` is the contract (CLIs, bindings, exports) and is
+    /// never renamed.
+    pub label_zh: &'static str,
     pub ty: FieldType,
     pub required: bool,
     /// Derived fields are computed when a record is projected and never stored.
     pub derived: bool,
     /// Only office staff may write these (review fields).
     pub office_only: bool,
+    /// A village indicator: a survey value the office compares across villages, one column
+    /// each, under this heading (shorter than the label, so the table fits a screen).
+    pub indicator: Option<Label>,
 }
 
-const fn field(name: &'static str, ty: FieldType) -> FieldSpec {
+impl FieldSpec {
+    /// This field as a village indicator headed `zh` / `en`.
+    const fn indicator(self, zh: &'static str, en: &'static str) -> FieldSpec {
+        FieldSpec {
+            indicator: Some(Label { zh, en }),
+            ..self
+        }
+    }
+}
+
+const fn field(name: &'static str, label_zh: &'static str, ty: FieldType) -> FieldSpec {
     FieldSpec {
         name,
+        label_zh,
         ty,
         required: false,
         derived: false,
         office_only: false,
+        indicator: None,
     }
 }
 
-const fn required(name: &'static str, ty: FieldType) -> FieldSpec {
+const fn required(name: &'static str, label_zh: &'static str, ty: FieldType) -> FieldSpec {
     FieldSpec {
         required: true,
-        ..field(name, ty)
+        ..field(name, label_zh, ty)
     }
 }
 
-const fn office(name: &'static str, ty: FieldType) -> FieldSpec {
+const fn office(name: &'static str, label_zh: &'static str, ty: FieldType) -> FieldSpec {
     FieldSpec {
         office_only: true,
-        ..field(name, ty)
+        ..field(name, label_zh, ty)
     }
 }
 
@@ -249,25 +275,25 @@ pub static CHECK_IN: Schema = Schema {
     kind: Kind::CheckIn,
     version: 1,
     fields: &[
-        required("volunteer_id", Text),
-        field("volunteer_name", Text),
-        field("team", Text),
-        required("activity", Text),
-        required("place", Text),
-        field("lat", Number),
-        field("lon", Number),
-        field("accuracy_m", Number),
-        required("started_at", Timestamp),
-        field("ended_at", Timestamp),
+        required("volunteer_id", "志愿者编号", Text),
+        field("volunteer_name", "志愿者", Text),
+        field("team", "队伍", Text),
+        required("activity", "活动", Text),
+        required("place", "地点", Text),
+        field("lat", "纬度", Number),
+        field("lon", "经度", Number),
+        field("accuracy_m", "定位精度(米)", Number),
+        required("started_at", "开始时间", Timestamp),
+        field("ended_at", "结束时间", Timestamp),
         FieldSpec {
             derived: true,
-            ..field("hours", Number)
+            ..field("hours", "时长(小时)", Number)
         },
-        field("note", Text),
-        required("status", Text),
-        office("review_note", Text),
-        office("reviewed_by", Text),
-        field("device_time", Timestamp),
+        field("note", "备注", Text),
+        required("status", "状态", Text),
+        office("review_note", "审核意见", Text),
+        office("reviewed_by", "审核人", Text),
+        field("device_time", "手机时间", Timestamp),
     ],
 };
 
@@ -275,13 +301,13 @@ pub static VILLAGE_VISIT: Schema = Schema {
     kind: Kind::VillageVisit,
     version: 1,
     fields: &[
-        required("village", Text),
-        required("household", Text),
-        field("visitors", TextList),
-        required("visited_at", Timestamp),
-        field("findings", Text),
-        field("needs", Text),
-        field("follow_ups", TextList),
+        required("village", "村", Text),
+        required("household", "农户", Text),
+        field("visitors", "走访人", TextList),
+        required("visited_at", "走访时间", Timestamp),
+        field("findings", "发现问题", Text),
+        field("needs", "需求", Text),
+        field("follow_ups", "后续跟进", TextList),
     ],
 };
 
@@ -289,19 +315,23 @@ pub static VILLAGE_SURVEY: Schema = Schema {
     kind: Kind::VillageSurvey,
     version: 1,
     fields: &[
-        required("village", Text),
-        field("road_km_hardened", Number),
-        field("all_roads_hardened", Bool),
-        field("bus_service", Bool),
-        field("tap_water_pct", Number),
-        field("electricity_pct", Number),
-        field("tv_coverage_pct", Number),
-        field("broadband_mbps", Number),
-        field("standard_clinic", Bool),
-        field("licensed_doctors", Integer),
-        field("school_sports_facilities", Bool),
-        field("collective_income_yuan", Number),
-        field("note", Text),
+        required("village", "村", Text),
+        field("road_km_hardened", "硬化道路(公里)", Number)
+            .indicator("硬化道路(km)", "Roads hardened (km)"),
+        field("all_roads_hardened", "道路全部硬化", Bool)
+            .indicator("村村通硬化", "All roads hardened"),
+        field("bus_service", "通客车", Bool).indicator("通客车", "Bus"),
+        field("tap_water_pct", "自来水普及率(%)", Number).indicator("自来水(%)", "Tap water (%)"),
+        field("electricity_pct", "通电率(%)", Number).indicator("通电(%)", "Electricity (%)"),
+        field("tv_coverage_pct", "电视覆盖率(%)", Number).indicator("电视(%)", "TV (%)"),
+        field("broadband_mbps", "宽带(Mbps)", Number).indicator("宽带(Mbps)", "Broadband (Mbps)"),
+        field("standard_clinic", "标准化卫生室", Bool).indicator("标准化卫生室", "Clinic"),
+        field("licensed_doctors", "执业医生", Integer).indicator("执业医生", "Doctors"),
+        field("school_sports_facilities", "学校体育设施", Bool)
+            .indicator("学校体育设施", "School sports"),
+        field("collective_income_yuan", "集体收入(元)", Number)
+            .indicator("集体收入(元)", "Collective income (¥)"),
+        field("note", "备注", Text),
     ],
 };
 
@@ -514,6 +544,23 @@ mod tests {
             "parade".parse::<Kind>(),
             Err(ValidationError::UnknownKind(_))
         ));
+    }
+
+    #[test]
+    fn every_field_has_a_label_and_only_survey_fields_are_indicators() {
+        for kind in Kind::ALL {
+            for spec in kind.schema().fields {
+                assert!(
+                    !spec.label_zh.is_empty(),
+                    "{kind}.{} has no label",
+                    spec.name
+                );
+                if let Some(heading) = spec.indicator {
+                    assert_eq!(kind, Kind::VillageSurvey, "{kind}.{}", spec.name);
+                    assert!(!heading.zh.is_empty() && !heading.en.is_empty());
+                }
+            }
+        }
     }
 
     #[test]

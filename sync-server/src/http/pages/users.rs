@@ -1,0 +1,106 @@
+//! Office and admin accounts (admin only).
+
+use axum::extract::{Form, State};
+use axum::response::Redirect;
+use fieldsync_proto::access::Role;
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::i18n::{Lang, role_label};
+use super::layout::{PageError, PageResult, PageStaff, layout};
+use crate::auth;
+use crate::http::{ApiError, AppState, blocking};
+use crate::store::User;
+
+pub(super) async fn users_page(
+    State(state): State<AppState>,
+    page: PageStaff,
+) -> Result<Markup, PageError> {
+    let lang = page.lang;
+    page.staff.require(Role::Admin).page(lang)?;
+    let users = state.shared.store.users().page(lang)?;
+    let body = html! {
+        form.card #add-user method="post" action="/users" {
+            h2 { (lang.t("添加办公室或管理员账号", "Add an office or admin account")) }
+            (page.csrf_field())
+            (user_fields(lang, &[Role::Office, Role::Admin]))
+            label { (lang.t("密码 ", "Password ")) input name="password" type="password" minlength="8" required; } " "
+            button type="submit" { (lang.t("添加", "Add")) }
+        }
+        table #users {
+            tr { th { "ID" } th { (lang.t("姓名", "Name")) } th { (lang.t("角色", "Role")) } th { (lang.t("范围", "Scopes")) } }
+            @for u in &users {
+                tr { td { (u.id) } td { (u.name) } td { (u.role) } td { (u.scopes.join(" ")) } }
+            }
+        }
+    };
+    Ok(layout(&page, lang.t("用户", "Users"), "/users", body))
+}
+
+#[derive(Deserialize)]
+pub(super) struct AddUserForm {
+    /// A missing token is refused by the CSRF check (403), like a wrong one.
+    #[serde(default)]
+    csrf: String,
+    user: String,
+    name: String,
+    role: String,
+    password: String,
+}
+
+pub(super) async fn add_user_form(
+    State(state): State<AppState>,
+    page: PageStaff,
+    Form(form): Form<AddUserForm>,
+) -> Result<Redirect, PageError> {
+    let lang = page.lang;
+    let user = admin_form_user(
+        &page,
+        &form.csrf,
+        &form.user,
+        &form.name,
+        &form.role,
+        Vec::new(),
+    )?;
+    let store = state.shared.store.clone();
+    blocking(move || Ok(auth::add_staff(&store, &user, &form.password)?))
+        .await
+        .page(lang)?;
+    Ok(Redirect::to("/users"))
+}
+
+/// The fields that name a new user in both admin forms (an account here, a device's user on
+/// the devices page), offering `roles`.
+pub(super) fn user_fields(lang: Lang, roles: &[Role]) -> Markup {
+    html! {
+        label { (lang.t("用户 ID ", "User id ")) input name="user" required; } " "
+        label { (lang.t("姓名 ", "Name ")) input name="name" required; } " "
+        label { (lang.t("角色 ", "Role ")) select name="role" {
+            @for role in roles { option value=(role.as_str()) { (role_label(lang, *role)) } }
+        } } " "
+    }
+}
+
+/// Admits an admin form ([`Staff::admin_change`](crate::http::Staff::admin_change)) and reads
+/// the user it names in its [`user_fields`].
+pub(super) fn admin_form_user(
+    page: &PageStaff,
+    csrf: &str,
+    id: &str,
+    name: &str,
+    role: &str,
+    scopes: Vec<String>,
+) -> Result<User, PageError> {
+    let lang = page.lang;
+    page.staff.admin_change(Some(csrf)).page(lang)?;
+    let role = role
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("unknown role `{role}`")))
+        .page(lang)?;
+    Ok(User {
+        id: id.trim().to_string(),
+        name: name.trim().to_string(),
+        role,
+        scopes,
+    })
+}
