@@ -1,0 +1,393 @@
+//! Records, their projections, the change feed per scope and the receipt log.
+//!
+//! A sync round reads here twice: `prepare` merges pushes against a read snapshot on the
+//! connection's own task (so merges use every core), and `commit_rounds` writes what the
+//! committer gathered in one durable transaction, merging again only where another round
+//! wrote the same record first. The feed keeps each record once, at its latest seq, so no
+//! cursor can skip a change.
+
+use std::collections::BTreeMap;
+
+use fieldsync_proto::access::DeviceCtx;
+use fieldsync_proto::model::Kind;
+use fieldsync_proto::protocol::{
+    Changed, Cursor, DocData, Hash, Limits, Outcome, PushDoc, PushResult, SyncReply, Want,
+};
+use fieldsync_proto::record::RecordView;
+use fieldsync_proto::sync::{self, StoredDoc};
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::tables::*;
+use super::{Device, ServerStore, StoreError, json, postcard_bytes, unjson, unpostcard};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct IndexEntry {
+    kind: Kind,
+    scope: String,
+    seq: u64,
+    heads: Vec<Hash>,
+}
+
+/// Who delivered which changes of a record, and when the server received them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub device_id: String,
+    pub user_id: String,
+    /// Unix milliseconds of the commit.
+    pub received_at: i64,
+    /// Hex hashes of the changes this push added.
+    pub changes: Vec<String>,
+}
+
+/// A record's stored document with its fixed kind and scope.
+pub struct StoredRecord {
+    pub kind: Kind,
+    pub scope: String,
+    pub bytes: Vec<u8>,
+}
+
+impl ServerStore {
+    /// A record's stored Automerge document, for history and office changes.
+    pub fn stored_record(&self, id: Uuid) -> Result<Option<StoredRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let index = tx.open_table(INDEX)?;
+        let docs = tx.open_table(DOCS)?;
+        let key = id.as_u128();
+        let Some(entry) = index
+            .get(key)?
+            .map(|v| unpostcard::<IndexEntry>(v.value()))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let bytes = docs
+            .get(key)?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(|| StoreError::Corrupt(format!("record {id} has no document")))?;
+        Ok(Some(StoredRecord {
+            kind: entry.kind,
+            scope: entry.scope,
+            bytes,
+        }))
+    }
+
+    /// One record's projection.
+    pub fn record_view(&self, id: Uuid) -> Result<Option<RecordView>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let views = tx.open_table(VIEWS)?;
+        views
+            .get(id.as_u128())?
+            .map(|v| unjson(v.value()))
+            .transpose()
+    }
+
+    /// Projections of every record, optionally filtered, in id (creation) order.
+    pub fn records(
+        &self,
+        kind: Option<Kind>,
+        scope: Option<&str>,
+    ) -> Result<Vec<RecordView>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_record(kind, scope, |v| {
+            out.push(v);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Streams projections without loading any Automerge document.
+    pub fn for_each_record(
+        &self,
+        kind: Option<Kind>,
+        scope: Option<&str>,
+        mut f: impl FnMut(RecordView) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_read()?;
+        let views = tx.open_table(VIEWS)?;
+        for entry in views.iter()? {
+            let view: RecordView = unjson(entry?.1.value())?;
+            if kind.is_some_and(|k| k.as_str() != view.kind)
+                || scope.is_some_and(|s| s != view.scope)
+            {
+                continue;
+            }
+            f(view)?;
+        }
+        Ok(())
+    }
+
+    /// Receipts of a record, oldest first.
+    pub fn receipts(&self, id: Uuid) -> Result<Vec<Receipt>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(RECEIPTS)?;
+        let key = id.as_u128();
+        table
+            .range((key, 0)..=(key, u64::MAX))?
+            .map(|e| unjson(e?.1.value()))
+            .collect()
+    }
+
+    /// Merges pushes against a read snapshot. This runs on the connection's own blocking task,
+    /// so the merges of concurrent rounds use every core; the commit thread only writes.
+    pub fn prepare(
+        &self,
+        ctx: &DeviceCtx,
+        push: Vec<PushDoc>,
+        limits: &Limits,
+    ) -> Result<Vec<Prepared>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let index = tx.open_table(INDEX)?;
+        let docs = tx.open_table(DOCS)?;
+        push.into_iter()
+            .map(|push| {
+                let (entry, stored) = load_stored(&index, &docs, &push)?;
+                let merged = sync::merge_push(stored.as_ref(), &push, ctx, limits);
+                Ok(Prepared {
+                    base: entry.map(|e| e.seq),
+                    merged,
+                    push,
+                })
+            })
+            .collect()
+    }
+
+    /// Commits the prepared pushes of several rounds in one durable transaction.
+    ///
+    /// A document whose stored version changed since it was prepared (another round wrote it
+    /// first) is merged again here against the current version. Each round gets one outcome
+    /// per pushed document; a refused document writes nothing, the others of the round land.
+    pub fn commit_rounds(
+        &self,
+        rounds: Vec<(DeviceCtx, Vec<Prepared>)>,
+        limits: &Limits,
+        now_ms: i64,
+    ) -> Result<Vec<Vec<PushResult>>, StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::Immediate)
+            .map_err(|e| StoreError::Database(e.into()))?;
+        let mut all = Vec::with_capacity(rounds.len());
+        {
+            let mut docs = tx.open_table(DOCS)?;
+            let mut views = tx.open_table(VIEWS)?;
+            let mut index = tx.open_table(INDEX)?;
+            let mut feed = tx.open_table(FEED)?;
+            let mut scopes = tx.open_table(SCOPES)?;
+            let mut receipts = tx.open_table(RECEIPTS)?;
+            let mut meta = tx.open_table(META)?;
+            let mut devices = tx.open_table(DEVICES)?;
+            let mut seq = meta.get(META_SEQ)?.map(|v| v.value()).unwrap_or(0);
+            let mut scope_seqs: BTreeMap<String, u64> = BTreeMap::new();
+            for (ctx, prepared) in rounds {
+                let mut results = Vec::with_capacity(prepared.len());
+                for Prepared { push, base, merged } in prepared {
+                    let key = Uuid::from_bytes(push.id).as_u128();
+                    let entry: Option<IndexEntry> = match index.get(key)? {
+                        Some(v) => Some(unpostcard(v.value())?),
+                        None => None,
+                    };
+                    let merged = if entry.as_ref().map(|e| e.seq) == base {
+                        merged
+                    } else {
+                        let (_, stored) = load_stored(&index, &docs, &push)?;
+                        sync::merge_push(stored.as_ref(), &push, &ctx, limits)
+                    };
+                    let outcome = match merged {
+                        Err(reason) => Outcome::Refused { reason },
+                        Ok(merged) => {
+                            if let Some(bytes) = &merged.bytes {
+                                seq += 1;
+                                if let Some(old) = &entry {
+                                    feed.remove((old.scope.as_str(), old.seq))?;
+                                }
+                                feed.insert((push.scope.as_str(), seq), key)?;
+                                scope_seqs.insert(push.scope.clone(), seq);
+                                docs.insert(key, bytes.as_slice())?;
+                                views.insert(key, json(&merged.view)?.as_slice())?;
+                                let new_entry = IndexEntry {
+                                    kind: push.kind,
+                                    scope: push.scope.clone(),
+                                    seq,
+                                    heads: merged.heads.clone(),
+                                };
+                                index.insert(key, postcard_bytes(&new_entry)?.as_slice())?;
+                                let receipt = Receipt {
+                                    device_id: ctx.device_id.clone(),
+                                    user_id: ctx.user_id.clone(),
+                                    received_at: now_ms,
+                                    changes: merged.added.iter().map(hex::encode).collect(),
+                                };
+                                receipts.insert((key, seq), json(&receipt)?.as_slice())?;
+                            }
+                            Outcome::Accepted {
+                                heads: merged.heads,
+                            }
+                        }
+                    };
+                    results.push(PushResult {
+                        id: push.id,
+                        outcome,
+                    });
+                }
+                let device: Option<Device> = devices
+                    .get(ctx.device_id.as_str())?
+                    .map(|v| unjson(v.value()))
+                    .transpose()?;
+                if let Some(mut device) = device {
+                    device.last_sync = Some(now_ms / 1000);
+                    devices.insert(ctx.device_id.as_str(), json(&device)?.as_slice())?;
+                }
+                all.push(results);
+            }
+            for (scope, last) in &scope_seqs {
+                scopes.insert(scope.as_str(), *last)?;
+            }
+            meta.insert(META_SEQ, seq)?;
+        }
+        tx.commit()?;
+        Ok(all)
+    }
+
+    /// Documents changed in the scopes `ctx` may read since `cursors`, at most `limit`.
+    pub fn changes_since(
+        &self,
+        ctx: &DeviceCtx,
+        cursors: &[Cursor],
+        limit: usize,
+    ) -> Result<SyncReply, StoreError> {
+        let tx = self.db.begin_read()?;
+        let feed = tx.open_table(FEED)?;
+        let index = tx.open_table(INDEX)?;
+        let scopes: Vec<String> = if ctx.role.reads_everything() {
+            let table = tx.open_table(SCOPES)?;
+            table
+                .iter()?
+                .map(|e| e.map(|(k, _)| k.value().to_string()))
+                .collect::<Result<_, _>>()?
+        } else {
+            ctx.scopes.clone()
+        };
+        let mut changed = Vec::new();
+        let mut new_cursors = Vec::new();
+        let mut more = false;
+        for scope in scopes {
+            let from = cursors
+                .iter()
+                .find(|c| c.scope == scope)
+                .map_or(0, |c| c.seq);
+            let mut last = from;
+            for entry in
+                feed.range((scope.as_str(), from.saturating_add(1))..=(scope.as_str(), u64::MAX))?
+            {
+                if changed.len() >= limit {
+                    more = true;
+                    break;
+                }
+                let (k, v) = entry?;
+                let key = v.value();
+                let e: IndexEntry = match index.get(key)? {
+                    Some(v) => unpostcard(v.value())?,
+                    None => return Err(StoreError::Corrupt("feed entry without index".into())),
+                };
+                last = k.value().1;
+                changed.push(Changed {
+                    id: *Uuid::from_u128(key).as_bytes(),
+                    kind: e.kind,
+                    scope: e.scope,
+                    heads: e.heads,
+                });
+            }
+            new_cursors.push(Cursor { scope, seq: last });
+            if more {
+                break;
+            }
+        }
+        Ok(SyncReply {
+            results: Vec::new(),
+            changed,
+            cursors: new_cursors,
+            more,
+        })
+    }
+
+    /// The changes of each wanted record that the device lacks; records it may not read are
+    /// left out.
+    pub fn fetch(
+        &self,
+        ctx: &DeviceCtx,
+        want: &[Want],
+        budget: usize,
+    ) -> Result<(Vec<DocData>, usize), StoreError> {
+        let tx = self.db.begin_read()?;
+        let docs = tx.open_table(DOCS)?;
+        let index = tx.open_table(INDEX)?;
+        let mut out = Vec::with_capacity(want.len());
+        let mut size = 0;
+        for (i, w) in want.iter().enumerate() {
+            if size >= budget && !out.is_empty() {
+                return Ok((out, want.len() - i));
+            }
+            let key = Uuid::from_bytes(w.id).as_u128();
+            let Some(entry) = index
+                .get(key)?
+                .map(|v| unpostcard::<IndexEntry>(v.value()))
+                .transpose()?
+            else {
+                continue;
+            };
+            if !ctx.may_read(&entry.scope) {
+                continue;
+            }
+            let Some(bytes) = docs.get(key)?.map(|v| v.value().to_vec()) else {
+                continue;
+            };
+            let stored = StoredDoc {
+                kind: entry.kind,
+                scope: entry.scope,
+                bytes,
+            };
+            let bytes = sync::changes_for(&stored, &w.have).map_err(StoreError::Corrupt)?;
+            size += bytes.len();
+            out.push(DocData {
+                id: w.id,
+                kind: stored.kind,
+                scope: stored.scope,
+                bytes,
+            });
+        }
+        Ok((out, 0))
+    }
+}
+
+/// A pushed document merged against the stored version with feed position `base`.
+pub struct Prepared {
+    push: PushDoc,
+    base: Option<u64>,
+    merged: Result<sync::Merged, String>,
+}
+
+/// The stored document a push applies to, with its index entry; None for a new record.
+fn load_stored(
+    index: &impl ReadableTable<u128, &'static [u8]>,
+    docs: &impl ReadableTable<u128, &'static [u8]>,
+    push: &PushDoc,
+) -> Result<(Option<IndexEntry>, Option<StoredDoc>), StoreError> {
+    let key = Uuid::from_bytes(push.id).as_u128();
+    let Some(entry) = index
+        .get(key)?
+        .map(|v| unpostcard::<IndexEntry>(v.value()))
+        .transpose()?
+    else {
+        return Ok((None, None));
+    };
+    let bytes = docs.get(key)?.map(|v| v.value().to_vec()).ok_or_else(|| {
+        StoreError::Corrupt(format!("record {} has no document", Uuid::from_u128(key)))
+    })?;
+    let stored = StoredDoc {
+        kind: entry.kind,
+        scope: entry.scope.clone(),
+        bytes,
+    };
+    Ok((Some(entry), Some(stored)))
+}
