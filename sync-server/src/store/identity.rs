@@ -8,9 +8,10 @@ use fieldsync_proto::access::{DeviceCtx, Role};
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::tables::*;
-use super::{ServerStore, StoreError, json, unjson};
+use super::tables::{CODES, DEVICES, PASSWORDS, ReadTyped, USERS, WriteTyped};
+use super::{ServerStore, StoreError};
 
+/// A person: a field worker with devices, or an office or admin account with a password.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub id: String,
@@ -19,17 +20,21 @@ pub struct User {
     pub scopes: Vec<String>,
 }
 
+/// An enrolled phone; its id is the hex of its public key, which is also its Automerge actor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Device {
     pub device_id: String,
     pub user_id: String,
+    /// Unix seconds.
     pub enrolled_at: i64,
     pub revoked: bool,
+    /// Unix seconds of the last committed round.
     pub last_sync: Option<i64>,
 }
 
+/// A one-time enrollment code: for whom, until when (Unix seconds), and which device used it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Code {
+pub(super) struct Code {
     user_id: String,
     expires_at: i64,
     used_by: Option<String>,
@@ -39,41 +44,30 @@ impl ServerStore {
     /// Adds or replaces a user and issues a one-time code that enrolls one device for them.
     pub fn create_code(&self, user: &User, code: &str, expires_at: i64) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
-        {
-            tx.open_table(USERS)?
-                .insert(user.id.as_str(), json(user)?.as_slice())?;
-            let entry = Code {
-                user_id: user.id.clone(),
-                expires_at,
-                used_by: None,
-            };
-            tx.open_table(CODES)?
-                .insert(code, json(&entry)?.as_slice())?;
-        }
+        tx.open_table(USERS)?.put_encoded(user.id.as_str(), user)?;
+        let entry = Code {
+            user_id: user.id.clone(),
+            expires_at,
+            used_by: None,
+        };
+        tx.open_table(CODES)?.put_encoded(code, &entry)?;
         tx.commit()?;
         Ok(())
     }
 
     /// Adds or replaces a user (office and admin accounts have no devices, only passwords).
     pub fn put_user(&self, user: &User) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(USERS)?
-            .insert(user.id.as_str(), json(user)?.as_slice())?;
-        tx.commit()?;
-        Ok(())
+        self.put(USERS, user.id.as_str(), user)
     }
 
+    /// A user by id.
     pub fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let users = tx.open_table(USERS)?;
-        users.get(id)?.map(|v| unjson(v.value())).transpose()
+        self.get(USERS, id)
     }
 
     /// Every user, by id.
     pub fn users(&self) -> Result<Vec<User>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(USERS)?;
-        table.iter()?.map(|e| unjson(e?.1.value())).collect()
+        self.all(USERS)
     }
 
     /// Sets a user's password hash (a PHC string); the user must exist.
@@ -89,6 +83,7 @@ impl ServerStore {
         Ok(())
     }
 
+    /// A user's password hash (a PHC string), if they have one.
     pub fn password_hash(&self, user_id: &str) -> Result<Option<String>, StoreError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(PASSWORDS)?;
@@ -107,9 +102,8 @@ impl ServerStore {
             let mut codes = tx.open_table(CODES)?;
             let mut devices = tx.open_table(DEVICES)?;
             let users = tx.open_table(USERS)?;
-            let entry: Code = match codes.get(code)? {
-                Some(v) => unjson(v.value())?,
-                None => return Err(StoreError::BadCode("unknown enrollment code".into())),
+            let Some(entry) = codes.get_decoded(code)? else {
+                return Err(StoreError::BadCode("unknown enrollment code".into()));
             };
             if entry.used_by.is_some() {
                 return Err(StoreError::BadCode(
@@ -126,9 +120,8 @@ impl ServerStore {
                     "this device is already enrolled".into(),
                 ));
             }
-            let user: User = match users.get(entry.user_id.as_str())? {
-                Some(v) => unjson(v.value())?,
-                None => return Err(StoreError::NotFound(format!("no user {}", entry.user_id))),
+            let Some(user) = users.get_decoded(entry.user_id.as_str())? else {
+                return Err(StoreError::NotFound(format!("no user {}", entry.user_id)));
             };
             let device = Device {
                 device_id: device_id.to_string(),
@@ -137,12 +130,12 @@ impl ServerStore {
                 revoked: false,
                 last_sync: None,
             };
-            devices.insert(device_id, json(&device)?.as_slice())?;
+            devices.put_encoded(device_id, &device)?;
             let used = Code {
                 used_by: Some(device_id.to_string()),
                 ..entry
             };
-            codes.insert(code, json(&used)?.as_slice())?;
+            codes.put_encoded(code, &used)?;
             (user, device)
         };
         tx.commit()?;
@@ -153,22 +146,14 @@ impl ServerStore {
     pub fn device_ctx(&self, device_id: &str) -> Result<Option<DeviceCtx>, StoreError> {
         let tx = self.db.begin_read()?;
         let devices = tx.open_table(DEVICES)?;
-        let Some(device) = devices
-            .get(device_id)?
-            .map(|v| unjson::<Device>(v.value()))
-            .transpose()?
-        else {
+        let Some(device) = devices.get_decoded(device_id)? else {
             return Ok(None);
         };
         if device.revoked {
             return Ok(None);
         }
         let users = tx.open_table(USERS)?;
-        let Some(user) = users
-            .get(device.user_id.as_str())?
-            .map(|v| unjson::<User>(v.value()))
-            .transpose()?
-        else {
+        let Some(user) = users.get_decoded(device.user_id.as_str())? else {
             return Ok(None);
         };
         let actor = hex::decode(device_id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -192,20 +177,18 @@ impl ServerStore {
         let tx = self.db.begin_write()?;
         {
             let mut devices = tx.open_table(DEVICES)?;
-            let mut device: Device = match devices.get(device_id)? {
-                Some(v) => unjson(v.value())?,
-                None => return Err(StoreError::NotFound(format!("no device {device_id}"))),
+            let Some(mut device) = devices.get_decoded(device_id)? else {
+                return Err(StoreError::NotFound(format!("no device {device_id}")));
             };
             device.revoked = true;
-            devices.insert(device_id, json(&device)?.as_slice())?;
+            devices.put_encoded(device_id, &device)?;
         }
         tx.commit()?;
         Ok(())
     }
 
+    /// Every device, by id.
     pub fn devices(&self) -> Result<Vec<Device>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(DEVICES)?;
-        table.iter()?.map(|e| unjson(e?.1.value())).collect()
+        self.all(DEVICES)
     }
 }

@@ -20,14 +20,16 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::tables::*;
-use super::{Device, ServerStore, StoreError, json, postcard_bytes, unjson, unpostcard};
+use super::{ServerStore, StoreError};
 
+/// What the store knows of a record without loading its document: its fixed kind and scope,
+/// its current position in the scope's feed and its heads.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct IndexEntry {
-    kind: Kind,
-    scope: String,
-    seq: u64,
-    heads: Vec<Hash>,
+pub(super) struct IndexEntry {
+    pub(super) kind: Kind,
+    pub(super) scope: String,
+    pub(super) seq: u64,
+    pub(super) heads: Vec<Hash>,
 }
 
 /// Who delivered which changes of a record, and when the server received them.
@@ -55,11 +57,7 @@ impl ServerStore {
         let index = tx.open_table(INDEX)?;
         let docs = tx.open_table(DOCS)?;
         let key = id.as_u128();
-        let Some(entry) = index
-            .get(key)?
-            .map(|v| unpostcard::<IndexEntry>(v.value()))
-            .transpose()?
-        else {
+        let Some(entry) = index.get_decoded(key)? else {
             return Ok(None);
         };
         let bytes = docs
@@ -75,12 +73,7 @@ impl ServerStore {
 
     /// One record's projection.
     pub fn record_view(&self, id: Uuid) -> Result<Option<RecordView>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let views = tx.open_table(VIEWS)?;
-        views
-            .get(id.as_u128())?
-            .map(|v| unjson(v.value()))
-            .transpose()
+        self.get(VIEWS, id.as_u128())
     }
 
     /// Projections of every record, optionally filtered, in id (creation) order.
@@ -107,7 +100,7 @@ impl ServerStore {
         let tx = self.db.begin_read()?;
         let views = tx.open_table(VIEWS)?;
         for entry in views.iter()? {
-            let view: RecordView = unjson(entry?.1.value())?;
+            let view = entry?.1.value().decode()?;
             if kind.is_some_and(|k| k.as_str() != view.kind)
                 || scope.is_some_and(|s| s != view.scope)
             {
@@ -125,7 +118,7 @@ impl ServerStore {
         let key = id.as_u128();
         table
             .range((key, 0)..=(key, u64::MAX))?
-            .map(|e| unjson(e?.1.value()))
+            .map(|e| e?.1.value().decode())
             .collect()
     }
 
@@ -183,10 +176,7 @@ impl ServerStore {
                 let mut results = Vec::with_capacity(prepared.len());
                 for Prepared { push, base, merged } in prepared {
                     let key = Uuid::from_bytes(push.id).as_u128();
-                    let entry: Option<IndexEntry> = match index.get(key)? {
-                        Some(v) => Some(unpostcard(v.value())?),
-                        None => None,
-                    };
+                    let entry = index.get_decoded(key)?;
                     let merged = if entry.as_ref().map(|e| e.seq) == base {
                         merged
                     } else {
@@ -204,21 +194,21 @@ impl ServerStore {
                                 feed.insert((push.scope.as_str(), seq), key)?;
                                 scope_seqs.insert(push.scope.clone(), seq);
                                 docs.insert(key, bytes.as_slice())?;
-                                views.insert(key, json(&merged.view)?.as_slice())?;
+                                views.put_encoded(key, &merged.view)?;
                                 let new_entry = IndexEntry {
                                     kind: push.kind,
                                     scope: push.scope.clone(),
                                     seq,
                                     heads: merged.heads.clone(),
                                 };
-                                index.insert(key, postcard_bytes(&new_entry)?.as_slice())?;
+                                index.put_encoded(key, &new_entry)?;
                                 let receipt = Receipt {
                                     device_id: ctx.device_id.clone(),
                                     user_id: ctx.user_id.clone(),
                                     received_at: now_ms,
                                     changes: merged.added.iter().map(hex::encode).collect(),
                                 };
-                                receipts.insert((key, seq), json(&receipt)?.as_slice())?;
+                                receipts.put_encoded((key, seq), &receipt)?;
                             }
                             Outcome::Accepted {
                                 heads: merged.heads,
@@ -230,13 +220,9 @@ impl ServerStore {
                         outcome,
                     });
                 }
-                let device: Option<Device> = devices
-                    .get(ctx.device_id.as_str())?
-                    .map(|v| unjson(v.value()))
-                    .transpose()?;
-                if let Some(mut device) = device {
+                if let Some(mut device) = devices.get_decoded(ctx.device_id.as_str())? {
                     device.last_sync = Some(now_ms / 1000);
-                    devices.insert(ctx.device_id.as_str(), json(&device)?.as_slice())?;
+                    devices.put_encoded(ctx.device_id.as_str(), &device)?;
                 }
                 all.push(results);
             }
@@ -286,9 +272,8 @@ impl ServerStore {
                 }
                 let (k, v) = entry?;
                 let key = v.value();
-                let e: IndexEntry = match index.get(key)? {
-                    Some(v) => unpostcard(v.value())?,
-                    None => return Err(StoreError::Corrupt("feed entry without index".into())),
+                let Some(e) = index.get_decoded(key)? else {
+                    return Err(StoreError::Corrupt("feed entry without index".into()));
                 };
                 last = k.value().1;
                 changed.push(Changed {
@@ -329,11 +314,7 @@ impl ServerStore {
                 return Ok((out, want.len() - i));
             }
             let key = Uuid::from_bytes(w.id).as_u128();
-            let Some(entry) = index
-                .get(key)?
-                .map(|v| unpostcard::<IndexEntry>(v.value()))
-                .transpose()?
-            else {
+            let Some(entry) = index.get_decoded(key)? else {
                 continue;
             };
             if !ctx.may_read(&entry.scope) {
@@ -369,16 +350,12 @@ pub struct Prepared {
 
 /// The stored document a push applies to, with its index entry; None for a new record.
 fn load_stored(
-    index: &impl ReadableTable<u128, &'static [u8]>,
+    index: &impl ReadableTable<u128, Postcard<IndexEntry>>,
     docs: &impl ReadableTable<u128, &'static [u8]>,
     push: &PushDoc,
 ) -> Result<(Option<IndexEntry>, Option<StoredDoc>), StoreError> {
     let key = Uuid::from_bytes(push.id).as_u128();
-    let Some(entry) = index
-        .get(key)?
-        .map(|v| unpostcard::<IndexEntry>(v.value()))
-        .transpose()?
-    else {
+    let Some(entry) = index.get_decoded(key)? else {
         return Ok((None, None));
     };
     let bytes = docs.get(key)?.map(|v| v.value().to_vec()).ok_or_else(|| {

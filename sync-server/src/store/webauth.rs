@@ -3,11 +3,11 @@
 //! Storing the hash means a copy of the data folder does not let anyone log in; the office
 //! HTTP layer hashes what a browser or script presents and looks that up here.
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use super::tables::*;
-use super::{ServerStore, StoreError, json, unjson};
+use super::tables::{SESSIONS, TOKENS, USERS, WriteTyped};
+use super::{ServerStore, StoreError};
 
 /// A dashboard login: whose it is, its CSRF token and when it ends (Unix seconds).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,23 +27,15 @@ pub struct ApiToken {
 impl ServerStore {
     /// Stores a login session under the hash of its secret.
     pub fn put_session(&self, secret_hash: &str, session: &WebSession) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(SESSIONS)?
-            .insert(secret_hash, json(session)?.as_slice())?;
-        tx.commit()?;
-        Ok(())
+        self.put(SESSIONS, secret_hash, session)
     }
 
+    /// The session stored under the hash of its secret, ended or not.
     pub fn session(&self, secret_hash: &str) -> Result<Option<WebSession>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(SESSIONS)?;
-        table
-            .get(secret_hash)?
-            .map(|v| unjson(v.value()))
-            .transpose()
+        self.get(SESSIONS, secret_hash)
     }
 
-    /// Removes every session that ended before `now`; returns how many.
+    /// Removes every session that ended at or before `now`; returns how many.
     pub fn prune_sessions(&self, now: i64) -> Result<usize, StoreError> {
         let tx = self.db.begin_write()?;
         let removed = {
@@ -51,7 +43,7 @@ impl ServerStore {
             let mut ended = Vec::new();
             for entry in table.iter()? {
                 let (key, value) = entry?;
-                let session: WebSession = unjson(value.value())?;
+                let session = value.value().decode()?;
                 if session.expires_at <= now {
                     ended.push(key.value().to_string());
                 }
@@ -65,6 +57,7 @@ impl ServerStore {
         Ok(removed)
     }
 
+    /// Ends a session (logout); nothing happens if there is none.
     pub fn delete_session(&self, secret_hash: &str) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         tx.open_table(SESSIONS)?.remove(secret_hash)?;
@@ -79,19 +72,14 @@ impl ServerStore {
             if tx.open_table(USERS)?.get(token.user_id.as_str())?.is_none() {
                 return Err(StoreError::NotFound(format!("no user {}", token.user_id)));
             }
-            tx.open_table(TOKENS)?
-                .insert(token_hash, json(token)?.as_slice())?;
+            tx.open_table(TOKENS)?.put_encoded(token_hash, token)?;
         }
         tx.commit()?;
         Ok(())
     }
 
+    /// The API token stored under its hash.
     pub fn token(&self, token_hash: &str) -> Result<Option<ApiToken>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(TOKENS)?;
-        table
-            .get(token_hash)?
-            .map(|v| unjson(v.value()))
-            .transpose()
+        self.get(TOKENS, token_hash)
     }
 }
