@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 pub use backend::Backend;
 pub use committer::Committer;
 pub use identity::{Device, User};
-pub use records::{Prepared, Receipt, StoredRecord};
+pub use records::{Prepared, Receipt};
 pub use webauth::{ApiToken, WebSession};
 
 use tables::*;

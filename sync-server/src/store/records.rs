@@ -43,32 +43,13 @@ pub struct Receipt {
     pub changes: Vec<String>,
 }
 
-/// A record's stored document with its fixed kind and scope.
-pub struct StoredRecord {
-    pub kind: Kind,
-    pub scope: String,
-    pub bytes: Vec<u8>,
-}
-
 impl ServerStore {
     /// A record's stored Automerge document, for history and office changes.
-    pub fn stored_record(&self, id: Uuid) -> Result<Option<StoredRecord>, StoreError> {
+    pub fn stored_record(&self, id: Uuid) -> Result<Option<StoredDoc>, StoreError> {
         let tx = self.db.begin_read()?;
         let index = tx.open_table(INDEX)?;
         let docs = tx.open_table(DOCS)?;
-        let key = id.as_u128();
-        let Some(entry) = index.get_decoded(key)? else {
-            return Ok(None);
-        };
-        let bytes = docs
-            .get(key)?
-            .map(|v| v.value().to_vec())
-            .ok_or_else(|| StoreError::Corrupt(format!("record {id} has no document")))?;
-        Ok(Some(StoredRecord {
-            kind: entry.kind,
-            scope: entry.scope,
-            bytes,
-        }))
+        Ok(load_stored(&index, &docs, id.as_u128())?.map(|(_, stored)| stored))
     }
 
     /// One record's projection.
@@ -135,13 +116,13 @@ impl ServerStore {
         let docs = tx.open_table(DOCS)?;
         push.into_iter()
             .map(|push| {
-                let (entry, stored) = load_stored(&index, &docs, &push)?;
+                let key = Uuid::from_bytes(push.id).as_u128();
+                let (base, stored) = match load_stored(&index, &docs, key)? {
+                    Some((entry, stored)) => (Some(entry.seq), Some(stored)),
+                    None => (None, None),
+                };
                 let merged = sync::merge_push(stored.as_ref(), &push, ctx, limits);
-                Ok(Prepared {
-                    base: entry.map(|e| e.seq),
-                    merged,
-                    push,
-                })
+                Ok(Prepared { push, base, merged })
             })
             .collect()
     }
@@ -180,7 +161,7 @@ impl ServerStore {
                     let merged = if entry.as_ref().map(|e| e.seq) == base {
                         merged
                     } else {
-                        let (_, stored) = load_stored(&index, &docs, &push)?;
+                        let stored = load_stored(&index, &docs, key)?.map(|(_, stored)| stored);
                         sync::merge_push(stored.as_ref(), &push, &ctx, limits)
                     };
                     let outcome = match merged {
@@ -348,15 +329,15 @@ pub struct Prepared {
     merged: Result<sync::Merged, String>,
 }
 
-/// The stored document a push applies to, with its index entry; None for a new record.
+/// A record's index entry and stored document; None for a record the server does not have.
+/// An indexed record without a document is corrupt.
 fn load_stored(
     index: &impl ReadableTable<u128, Postcard<IndexEntry>>,
     docs: &impl ReadableTable<u128, &'static [u8]>,
-    push: &PushDoc,
-) -> Result<(Option<IndexEntry>, Option<StoredDoc>), StoreError> {
-    let key = Uuid::from_bytes(push.id).as_u128();
+    key: u128,
+) -> Result<Option<(IndexEntry, StoredDoc)>, StoreError> {
     let Some(entry) = index.get_decoded(key)? else {
-        return Ok((None, None));
+        return Ok(None);
     };
     let bytes = docs.get(key)?.map(|v| v.value().to_vec()).ok_or_else(|| {
         StoreError::Corrupt(format!("record {} has no document", Uuid::from_u128(key)))
@@ -366,5 +347,5 @@ fn load_stored(
         scope: entry.scope.clone(),
         bytes,
     };
-    Ok((Some(entry), Some(stored)))
+    Ok(Some((entry, stored)))
 }
