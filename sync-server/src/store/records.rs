@@ -15,12 +15,12 @@ use fieldsync_proto::protocol::{
 };
 use fieldsync_proto::record::RecordView;
 use fieldsync_proto::sync::{self, StoredDoc};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::tables::*;
-use super::{ServerStore, StoreError};
+use super::{Device, ServerStore, StoreError};
 
 /// What the store knows of a record without loading its document: its fixed kind and scope,
 /// its current position in the scope's feed and its heads.
@@ -141,77 +141,15 @@ impl ServerStore {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(redb::Durability::Immediate)
             .map_err(|e| StoreError::Database(e.into()))?;
-        let mut all = Vec::with_capacity(rounds.len());
-        {
-            let mut docs = tx.open_table(DOCS)?;
-            let mut views = tx.open_table(VIEWS)?;
-            let mut index = tx.open_table(INDEX)?;
-            let mut feed = tx.open_table(FEED)?;
-            let mut scopes = tx.open_table(SCOPES)?;
-            let mut receipts = tx.open_table(RECEIPTS)?;
-            let mut meta = tx.open_table(META)?;
-            let mut devices = tx.open_table(DEVICES)?;
-            let mut seq = meta.get(META_SEQ)?.map(|v| v.value()).unwrap_or(0);
-            let mut scope_seqs: BTreeMap<String, u64> = BTreeMap::new();
-            for (ctx, prepared) in rounds {
-                let mut results = Vec::with_capacity(prepared.len());
-                for Prepared { push, base, merged } in prepared {
-                    let key = Uuid::from_bytes(push.id).as_u128();
-                    let entry = index.get_decoded(key)?;
-                    let merged = if entry.as_ref().map(|e| e.seq) == base {
-                        merged
-                    } else {
-                        let stored = load_stored(&index, &docs, key)?.map(|(_, stored)| stored);
-                        sync::merge_push(stored.as_ref(), &push, &ctx, limits)
-                    };
-                    let outcome = match merged {
-                        Err(reason) => Outcome::Refused { reason },
-                        Ok(merged) => {
-                            if let Some(bytes) = &merged.bytes {
-                                seq += 1;
-                                if let Some(old) = &entry {
-                                    feed.remove((old.scope.as_str(), old.seq))?;
-                                }
-                                feed.insert((push.scope.as_str(), seq), key)?;
-                                scope_seqs.insert(push.scope.clone(), seq);
-                                docs.insert(key, bytes.as_slice())?;
-                                views.put_encoded(key, &merged.view)?;
-                                let new_entry = IndexEntry {
-                                    kind: push.kind,
-                                    scope: push.scope.clone(),
-                                    seq,
-                                    heads: merged.heads.clone(),
-                                };
-                                index.put_encoded(key, &new_entry)?;
-                                let receipt = Receipt {
-                                    device_id: ctx.device_id.clone(),
-                                    user_id: ctx.user_id.clone(),
-                                    received_at: now_ms,
-                                    changes: merged.added.iter().map(hex::encode).collect(),
-                                };
-                                receipts.put_encoded((key, seq), &receipt)?;
-                            }
-                            Outcome::Accepted {
-                                heads: merged.heads,
-                            }
-                        }
-                    };
-                    results.push(PushResult {
-                        id: push.id,
-                        outcome,
-                    });
-                }
-                if let Some(mut device) = devices.get_decoded(ctx.device_id.as_str())? {
-                    device.last_sync = Some(now_ms / 1000);
-                    devices.put_encoded(ctx.device_id.as_str(), &device)?;
-                }
-                all.push(results);
-            }
-            for (scope, last) in &scope_seqs {
-                scopes.insert(scope.as_str(), *last)?;
-            }
-            meta.insert(META_SEQ, seq)?;
-        }
+        let all = {
+            let mut writer = RoundWriter::open(&tx, limits, now_ms)?;
+            let all = rounds
+                .into_iter()
+                .map(|(ctx, prepared)| writer.round(&ctx, prepared))
+                .collect::<Result<Vec<_>, _>>()?;
+            writer.finish()?;
+            all
+        };
         tx.commit()?;
         Ok(all)
     }
@@ -327,6 +265,152 @@ pub struct Prepared {
     push: PushDoc,
     base: Option<u64>,
     merged: Result<sync::Merged, String>,
+}
+
+/// The tables one group commit writes, open in its write transaction, and the feed positions
+/// it has handed out so far.
+struct RoundWriter<'tx, 'a> {
+    docs: Table<'tx, u128, &'static [u8]>,
+    views: Table<'tx, u128, Json<RecordView>>,
+    index: Table<'tx, u128, Postcard<IndexEntry>>,
+    feed: Table<'tx, (&'static str, u64), u128>,
+    scopes: Table<'tx, &'static str, u64>,
+    receipts: Table<'tx, (u128, u64), Json<Receipt>>,
+    meta: Table<'tx, &'static str, u64>,
+    devices: Table<'tx, &'static str, Json<Device>>,
+    limits: &'a Limits,
+    /// Unix milliseconds the whole commit is stamped with.
+    now_ms: i64,
+    /// The last seq handed out, across all scopes.
+    seq: u64,
+    /// The last seq this commit wrote in each scope.
+    scope_seqs: BTreeMap<String, u64>,
+}
+
+impl<'tx, 'a> RoundWriter<'tx, 'a> {
+    fn open(
+        tx: &'tx WriteTransaction,
+        limits: &'a Limits,
+        now_ms: i64,
+    ) -> Result<Self, StoreError> {
+        let meta = tx.open_table(META)?;
+        let seq = meta.get(META_SEQ)?.map(|v| v.value()).unwrap_or(0);
+        Ok(RoundWriter {
+            docs: tx.open_table(DOCS)?,
+            views: tx.open_table(VIEWS)?,
+            index: tx.open_table(INDEX)?,
+            feed: tx.open_table(FEED)?,
+            scopes: tx.open_table(SCOPES)?,
+            receipts: tx.open_table(RECEIPTS)?,
+            meta,
+            devices: tx.open_table(DEVICES)?,
+            limits,
+            now_ms,
+            seq,
+            scope_seqs: BTreeMap::new(),
+        })
+    }
+
+    /// Writes one round's pushes, one result per push, and stamps its device.
+    fn round(
+        &mut self,
+        ctx: &DeviceCtx,
+        prepared: Vec<Prepared>,
+    ) -> Result<Vec<PushResult>, StoreError> {
+        let results = prepared
+            .into_iter()
+            .map(|p| self.push(ctx, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.stamp_last_sync(&ctx.device_id)?;
+        Ok(results)
+    }
+
+    /// One pushed document: merged again if another round wrote it since it was prepared,
+    /// then written unless refused.
+    fn push(
+        &mut self,
+        ctx: &DeviceCtx,
+        Prepared { push, base, merged }: Prepared,
+    ) -> Result<PushResult, StoreError> {
+        let key = Uuid::from_bytes(push.id).as_u128();
+        let entry = self.index.get_decoded(key)?;
+        let merged = if entry.as_ref().map(|e| e.seq) == base {
+            merged
+        } else {
+            let stored = load_stored(&self.index, &self.docs, key)?.map(|(_, stored)| stored);
+            sync::merge_push(stored.as_ref(), &push, ctx, self.limits)
+        };
+        let outcome = match merged {
+            Err(reason) => Outcome::Refused { reason },
+            Ok(merged) => {
+                self.write_merged(ctx, &push, entry.as_ref(), &merged)?;
+                Outcome::Accepted {
+                    heads: merged.heads,
+                }
+            }
+        };
+        Ok(PushResult {
+            id: push.id,
+            outcome,
+        })
+    }
+
+    /// Writes one merged document under the next seq: moves it to the end of its scope's feed
+    /// and stores its document, view, index entry and receipt. A merge that brought nothing
+    /// new writes nothing.
+    fn write_merged(
+        &mut self,
+        ctx: &DeviceCtx,
+        push: &PushDoc,
+        old: Option<&IndexEntry>,
+        merged: &sync::Merged,
+    ) -> Result<(), StoreError> {
+        let Some(bytes) = &merged.bytes else {
+            return Ok(());
+        };
+        let key = Uuid::from_bytes(push.id).as_u128();
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(old) = old {
+            self.feed.remove((old.scope.as_str(), old.seq))?;
+        }
+        self.feed.insert((push.scope.as_str(), seq), key)?;
+        self.scope_seqs.insert(push.scope.clone(), seq);
+        self.docs.insert(key, bytes.as_slice())?;
+        self.views.put_encoded(key, &merged.view)?;
+        let entry = IndexEntry {
+            kind: push.kind,
+            scope: push.scope.clone(),
+            seq,
+            heads: merged.heads.clone(),
+        };
+        self.index.put_encoded(key, &entry)?;
+        let receipt = Receipt {
+            device_id: ctx.device_id.clone(),
+            user_id: ctx.user_id.clone(),
+            received_at: self.now_ms,
+            changes: merged.added.iter().map(hex::encode).collect(),
+        };
+        self.receipts.put_encoded((key, seq), &receipt)
+    }
+
+    /// Records on the device (if it is enrolled) that it synced now.
+    fn stamp_last_sync(&mut self, device_id: &str) -> Result<(), StoreError> {
+        if let Some(mut device) = self.devices.get_decoded(device_id)? {
+            device.last_sync = Some(self.now_ms / 1000);
+            self.devices.put_encoded(device_id, &device)?;
+        }
+        Ok(())
+    }
+
+    /// Stores each written scope's last seq and the overall last seq.
+    fn finish(mut self) -> Result<(), StoreError> {
+        for (scope, last) in &self.scope_seqs {
+            self.scopes.insert(scope.as_str(), *last)?;
+        }
+        self.meta.insert(META_SEQ, self.seq)?;
+        Ok(())
+    }
 }
 
 /// A record's index entry and stored document; None for a record the server does not have.
