@@ -1,11 +1,12 @@
-//! The server store on redb: documents, projections, the change feed per scope, users,
-//! devices, enrollment codes and the receipt log.
+//! The server's redb store: records and their feed, identities and logins, group commit.
 //!
-//! Split by domain so each concern reads on its own: [`tables`] names every table, `records`
-//! keeps documents, projections, the feed and receipts, `identity` users and devices,
-//! `webauth` dashboard sessions and API tokens. Writes of sync rounds go through
-//! [`Committer`], one thread that merges every round waiting at that moment into one durable
-//! write transaction, so a burst of phones costs one fsync per batch instead of one per phone.
+//! One file per domain so each reads on its own and two people can change different domains
+//! without meeting: `tables` names every table and the typed values they hold, `records`
+//! keeps documents, projections, the feed per scope and receipts, `identity` users, devices,
+//! enrollment codes and passwords, `webauth` dashboard sessions and API tokens, `backend` the
+//! protocol's view of all this. Writes of sync rounds go through [`Committer`], one thread
+//! that merges every round waiting at that moment into one durable write transaction, so a
+//! burst of phones costs one fsync per batch instead of one per phone.
 
 mod backend;
 mod committer;
@@ -14,10 +15,9 @@ mod records;
 mod tables;
 mod webauth;
 
+use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use std::borrow::Borrow;
 
 use redb::{Database, Key, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
@@ -29,7 +29,6 @@ pub use identity::{Device, User};
 pub use records::{Prepared, Receipt};
 pub use webauth::{ApiToken, WebSession};
 
-use tables::*;
 use tables::{Codec, ReadTyped, Typed, WriteTyped};
 
 /// The redb file inside a data folder.
@@ -112,19 +111,7 @@ impl ServerStore {
 
     fn with_tables(db: Database) -> Result<ServerStore, StoreError> {
         let tx = db.begin_write()?;
-        tx.open_table(DOCS)?;
-        tx.open_table(VIEWS)?;
-        tx.open_table(INDEX)?;
-        tx.open_table(FEED)?;
-        tx.open_table(SCOPES)?;
-        tx.open_table(RECEIPTS)?;
-        tx.open_table(USERS)?;
-        tx.open_table(DEVICES)?;
-        tx.open_table(CODES)?;
-        tx.open_table(PASSWORDS)?;
-        tx.open_table(SESSIONS)?;
-        tx.open_table(TOKENS)?;
-        tx.open_table(META)?;
+        tables::create_all(&tx)?;
         tx.commit()?;
         Ok(ServerStore { db: Arc::new(db) })
     }

@@ -1,7 +1,7 @@
 //! Every redb table of the server store, in one place, with the typed values they hold.
 //!
 //! One list makes it plain what a data folder holds and lets `ServerStore::open` create each
-//! table up front, so readers never meet a missing table. Values are typed ([`Json`],
+//! table up front ([`create_all`]), so readers never meet a missing table. Values are typed ([`Json`],
 //! [`Postcard`]) so a table says what it holds and no caller decodes bytes by hand; a value
 //! that fails to decode is a [`StoreError::Corrupt`], never a panic.
 //!
@@ -21,7 +21,9 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use fieldsync_proto::record::RecordView;
-use redb::{Key, ReadableTable, Table, TableDefinition, TypeName, Value};
+use redb::{
+    Key, ReadableTable, Table, TableDefinition, TableError, TypeName, Value, WriteTransaction,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -62,37 +64,50 @@ pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 /// The key in [`META`] of the last feed seq handed out, across all scopes.
 pub(super) const META_SEQ: &str = "last_seq";
 
+/// Creates every table that does not exist yet, so readers never meet a missing one.
+pub(super) fn create_all(tx: &WriteTransaction) -> Result<(), TableError> {
+    macro_rules! create {
+        ($($table:ident),+) => {$( tx.open_table($table)?; )+};
+    }
+    create!(
+        DOCS, VIEWS, INDEX, FEED, SCOPES, RECEIPTS, USERS, DEVICES, CODES, PASSWORDS, SESSIONS,
+        TOKENS, META
+    );
+    Ok(())
+}
+
 /// How a [`Typed`] value turns into bytes and back.
 pub(super) trait Codec: 'static {
     fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String>;
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String>;
 }
 
-/// `serde_json` bytes, readable with any JSON tool.
-pub(super) enum JsonCodec {}
+/// Declares a [`Codec`] over a serde format's pair of functions to and from bytes.
+macro_rules! codec {
+    ($(#[$doc:meta])* $name:ident: $encode:path, $decode:path) => {
+        $(#[$doc])*
+        pub(super) enum $name {}
 
-impl Codec for JsonCodec {
-    fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-        serde_json::to_vec(value).map_err(|e| e.to_string())
-    }
+        impl Codec for $name {
+            fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+                $encode(value).map_err(|e| e.to_string())
+            }
 
-    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
-    }
+            fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+                $decode(bytes).map_err(|e| e.to_string())
+            }
+        }
+    };
 }
 
-/// `postcard` bytes, compact for what every sync round reads.
-pub(super) enum PostcardCodec {}
-
-impl Codec for PostcardCodec {
-    fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-        postcard::to_stdvec(value).map_err(|e| e.to_string())
-    }
-
-    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-        postcard::from_bytes(bytes).map_err(|e| e.to_string())
-    }
-}
+codec!(
+    /// `serde_json` bytes, readable with any JSON tool.
+    JsonCodec: serde_json::to_vec, serde_json::from_slice
+);
+codec!(
+    /// `postcard` bytes, compact for what every sync round reads.
+    PostcardCodec: postcard::to_stdvec, postcard::from_bytes
+);
 
 /// A redb value type holding a `T` encoded by `C`; the type name is that of `&[u8]` (see the
 /// module docs).
