@@ -1,0 +1,194 @@
+//! Users, devices, enrollment codes and staff passwords: who may connect and as whom.
+//!
+//! Kept apart from the records because these change rarely, by hand (CLI, admin), while
+//! records change every round; an enrollment consumes its code and adds the device in one
+//! durable transaction so a code can never enroll two phones.
+
+use fieldsync_proto::access::{DeviceCtx, Role};
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::tables::{CODES, DEVICES, PASSWORDS, ReadTyped, USERS, WriteTyped};
+use super::{ServerStore, StoreError};
+
+/// A person: a field worker with devices, or an office or admin account with a password.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub scopes: Vec<String>,
+}
+
+/// An enrolled phone; its id is the hex of its public key, which is also its Automerge actor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    pub device_id: String,
+    pub user_id: String,
+    /// Unix seconds.
+    pub enrolled_at: i64,
+    pub revoked: bool,
+    /// Unix seconds of the last committed round.
+    pub last_sync: Option<i64>,
+}
+
+/// A one-time enrollment code: for whom, until when (Unix seconds), and which device used it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct Code {
+    user_id: String,
+    expires_at: i64,
+    used_by: Option<String>,
+}
+
+impl ServerStore {
+    /// Adds or replaces a user and issues a one-time code that enrolls one device for them.
+    pub fn create_code(&self, user: &User, code: &str, expires_at: i64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(USERS)?.put_encoded(user.id.as_str(), user)?;
+        let entry = Code {
+            user_id: user.id.clone(),
+            expires_at,
+            used_by: None,
+        };
+        tx.open_table(CODES)?.put_encoded(code, &entry)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Adds or replaces a user (office and admin accounts have no devices, only passwords).
+    pub fn put_user(&self, user: &User) -> Result<(), StoreError> {
+        self.put(USERS, user.id.as_str(), user)
+    }
+
+    /// A user by id.
+    pub fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        self.get(USERS, id)
+    }
+
+    /// Every user, by id.
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        self.all(USERS)
+    }
+
+    /// Sets a user's password hash (a PHC string); the user must exist.
+    pub fn set_password(&self, user_id: &str, phc: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            if tx.open_table(USERS)?.get(user_id)?.is_none() {
+                return Err(StoreError::NotFound(format!("no user {user_id}")));
+            }
+            tx.open_table(PASSWORDS)?.insert(user_id, phc)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A user's password hash (a PHC string), if they have one.
+    pub fn password_hash(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(PASSWORDS)?;
+        Ok(table.get(user_id)?.map(|v| v.value().to_string()))
+    }
+
+    /// Consumes a code for a device, durably; a code enrolls one device, once.
+    pub fn enroll(
+        &self,
+        code: &str,
+        device_id: &str,
+        now: i64,
+    ) -> Result<(User, Device), StoreError> {
+        let tx = self.db.begin_write()?;
+        let result = {
+            let mut codes = tx.open_table(CODES)?;
+            let mut devices = tx.open_table(DEVICES)?;
+            let users = tx.open_table(USERS)?;
+            let Some(entry) = codes.get_decoded(code)? else {
+                return Err(StoreError::BadCode("unknown enrollment code".into()));
+            };
+            if entry.used_by.is_some() {
+                return Err(StoreError::BadCode(
+                    "this enrollment code was already used".into(),
+                ));
+            }
+            if entry.expires_at <= now {
+                return Err(StoreError::BadCode(
+                    "this enrollment code has expired".into(),
+                ));
+            }
+            if devices.get(device_id)?.is_some() {
+                return Err(StoreError::BadCode(
+                    "this device is already enrolled".into(),
+                ));
+            }
+            let Some(user) = users.get_decoded(entry.user_id.as_str())? else {
+                return Err(StoreError::NotFound(format!("no user {}", entry.user_id)));
+            };
+            let device = Device {
+                device_id: device_id.to_string(),
+                user_id: user.id.clone(),
+                enrolled_at: now,
+                revoked: false,
+                last_sync: None,
+            };
+            devices.put_encoded(device_id, &device)?;
+            let used = Code {
+                used_by: Some(device_id.to_string()),
+                ..entry
+            };
+            codes.put_encoded(code, &used)?;
+            (user, device)
+        };
+        tx.commit()?;
+        Ok(result)
+    }
+
+    /// The device's context for a connection, or None if unknown or revoked.
+    pub fn device_ctx(&self, device_id: &str) -> Result<Option<DeviceCtx>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let devices = tx.open_table(DEVICES)?;
+        let Some(device) = devices.get_decoded(device_id)? else {
+            return Ok(None);
+        };
+        if device.revoked {
+            return Ok(None);
+        }
+        let users = tx.open_table(USERS)?;
+        let Some(user) = users.get_decoded(device.user_id.as_str())? else {
+            return Ok(None);
+        };
+        let actor = hex::decode(device_id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some(DeviceCtx {
+            device_id: device.device_id,
+            actor,
+            user_id: user.id,
+            role: user.role,
+            scopes: user.scopes,
+        }))
+    }
+
+    /// Whether a device id was ever enrolled (revoked ones included).
+    pub fn device_known(&self, device_id: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(DEVICES)?.get(device_id)?.is_some())
+    }
+
+    /// Revokes a device; it is refused at its next connection.
+    pub fn revoke(&self, device_id: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut devices = tx.open_table(DEVICES)?;
+            let Some(mut device) = devices.get_decoded(device_id)? else {
+                return Err(StoreError::NotFound(format!("no device {device_id}")));
+            };
+            device.revoked = true;
+            devices.put_encoded(device_id, &device)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every device, by id.
+    pub fn devices(&self) -> Result<Vec<Device>, StoreError> {
+        self.all(DEVICES)
+    }
+}

@@ -1,0 +1,435 @@
+//! Records, their projections, the change feed per scope and the receipt log.
+//!
+//! A sync round reads here twice: `prepare` merges pushes against a read snapshot on the
+//! connection's own task (so merges use every core), and `commit_rounds` writes what the
+//! committer gathered in one durable transaction, merging again only where another round
+//! wrote the same record first. The feed keeps each record once, at its latest seq, so no
+//! cursor can skip a change.
+
+use std::collections::BTreeMap;
+
+use fieldsync_proto::access::DeviceCtx;
+use fieldsync_proto::model::Kind;
+use fieldsync_proto::protocol::{
+    Changed, Cursor, DocData, Hash, Limits, Outcome, PushDoc, PushResult, SyncReply, Want,
+};
+use fieldsync_proto::record::RecordView;
+use fieldsync_proto::sync::{self, StoredDoc};
+use redb::{ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::tables::*;
+use super::{Device, ServerStore, StoreError};
+
+/// What the store knows of a record without loading its document: its fixed kind and scope,
+/// its current position in the scope's feed and its heads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct IndexEntry {
+    pub(super) kind: Kind,
+    pub(super) scope: String,
+    pub(super) seq: u64,
+    pub(super) heads: Vec<Hash>,
+}
+
+/// Who delivered which changes of a record, and when the server received them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub device_id: String,
+    pub user_id: String,
+    /// Unix milliseconds of the commit.
+    pub received_at: i64,
+    /// Hex hashes of the changes this push added.
+    pub changes: Vec<String>,
+}
+
+impl ServerStore {
+    /// A record's stored Automerge document, for history and office changes.
+    pub fn stored_record(&self, id: Uuid) -> Result<Option<StoredDoc>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let index = tx.open_table(INDEX)?;
+        let docs = tx.open_table(DOCS)?;
+        Ok(load_stored(&index, &docs, id.as_u128())?.map(|(_, stored)| stored))
+    }
+
+    /// One record's projection.
+    pub fn record_view(&self, id: Uuid) -> Result<Option<RecordView>, StoreError> {
+        self.get(VIEWS, id.as_u128())
+    }
+
+    /// Projections of every record, optionally filtered, in id (creation) order.
+    pub fn records(
+        &self,
+        kind: Option<Kind>,
+        scope: Option<&str>,
+    ) -> Result<Vec<RecordView>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_record(kind, scope, |v| {
+            out.push(v);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Streams projections without loading any Automerge document.
+    pub fn for_each_record(
+        &self,
+        kind: Option<Kind>,
+        scope: Option<&str>,
+        mut f: impl FnMut(RecordView) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_read()?;
+        let views = tx.open_table(VIEWS)?;
+        for entry in views.iter()? {
+            let view = entry?.1.value().decode()?;
+            if kind.is_some_and(|k| k.as_str() != view.kind)
+                || scope.is_some_and(|s| s != view.scope)
+            {
+                continue;
+            }
+            f(view)?;
+        }
+        Ok(())
+    }
+
+    /// Receipts of a record, oldest first.
+    pub fn receipts(&self, id: Uuid) -> Result<Vec<Receipt>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(RECEIPTS)?;
+        let key = id.as_u128();
+        table
+            .range((key, 0)..=(key, u64::MAX))?
+            .map(|e| e?.1.value().decode())
+            .collect()
+    }
+
+    /// Merges pushes against a read snapshot. This runs on the connection's own blocking task,
+    /// so the merges of concurrent rounds use every core; the commit thread only writes.
+    pub fn prepare(
+        &self,
+        ctx: &DeviceCtx,
+        push: Vec<PushDoc>,
+        limits: &Limits,
+    ) -> Result<Vec<Prepared>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let index = tx.open_table(INDEX)?;
+        let docs = tx.open_table(DOCS)?;
+        push.into_iter()
+            .map(|push| {
+                let key = Uuid::from_bytes(push.id).as_u128();
+                let (base, stored) = match load_stored(&index, &docs, key)? {
+                    Some((entry, stored)) => (Some(entry.seq), Some(stored)),
+                    None => (None, None),
+                };
+                let merged = sync::merge_push(stored.as_ref(), &push, ctx, limits);
+                Ok(Prepared { push, base, merged })
+            })
+            .collect()
+    }
+
+    /// Commits the prepared pushes of several rounds in one durable transaction.
+    ///
+    /// A document whose stored version changed since it was prepared (another round wrote it
+    /// first) is merged again here against the current version. Each round gets one outcome
+    /// per pushed document; a refused document writes nothing, the others of the round land.
+    pub fn commit_rounds(
+        &self,
+        rounds: Vec<(DeviceCtx, Vec<Prepared>)>,
+        limits: &Limits,
+        now_ms: i64,
+    ) -> Result<Vec<Vec<PushResult>>, StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::Immediate)
+            .map_err(|e| StoreError::Database(e.into()))?;
+        let all = {
+            let mut writer = RoundWriter::open(&tx, limits, now_ms)?;
+            let all = rounds
+                .into_iter()
+                .map(|(ctx, prepared)| writer.round(&ctx, prepared))
+                .collect::<Result<Vec<_>, _>>()?;
+            writer.finish()?;
+            all
+        };
+        tx.commit()?;
+        Ok(all)
+    }
+
+    /// Documents changed in the scopes `ctx` may read since `cursors`, at most `limit`.
+    pub fn changes_since(
+        &self,
+        ctx: &DeviceCtx,
+        cursors: &[Cursor],
+        limit: usize,
+    ) -> Result<SyncReply, StoreError> {
+        let tx = self.db.begin_read()?;
+        let feed = tx.open_table(FEED)?;
+        let index = tx.open_table(INDEX)?;
+        let scopes: Vec<String> = if ctx.role.reads_everything() {
+            let table = tx.open_table(SCOPES)?;
+            table
+                .iter()?
+                .map(|e| e.map(|(k, _)| k.value().to_string()))
+                .collect::<Result<_, _>>()?
+        } else {
+            ctx.scopes.clone()
+        };
+        let mut changed = Vec::new();
+        let mut new_cursors = Vec::new();
+        let mut more = false;
+        for scope in scopes {
+            let from = cursors
+                .iter()
+                .find(|c| c.scope == scope)
+                .map_or(0, |c| c.seq);
+            let mut last = from;
+            for entry in
+                feed.range((scope.as_str(), from.saturating_add(1))..=(scope.as_str(), u64::MAX))?
+            {
+                if changed.len() >= limit {
+                    more = true;
+                    break;
+                }
+                let (k, v) = entry?;
+                let key = v.value();
+                let Some(e) = index.get_decoded(key)? else {
+                    return Err(StoreError::Corrupt("feed entry without index".into()));
+                };
+                last = k.value().1;
+                changed.push(Changed {
+                    id: *Uuid::from_u128(key).as_bytes(),
+                    kind: e.kind,
+                    scope: e.scope,
+                    heads: e.heads,
+                });
+            }
+            new_cursors.push(Cursor { scope, seq: last });
+            if more {
+                break;
+            }
+        }
+        Ok(SyncReply {
+            results: Vec::new(),
+            changed,
+            cursors: new_cursors,
+            more,
+        })
+    }
+
+    /// The changes of each wanted record that the device lacks; records it may not read are
+    /// left out.
+    pub fn fetch(
+        &self,
+        ctx: &DeviceCtx,
+        want: &[Want],
+        budget: usize,
+    ) -> Result<(Vec<DocData>, usize), StoreError> {
+        let tx = self.db.begin_read()?;
+        let docs = tx.open_table(DOCS)?;
+        let index = tx.open_table(INDEX)?;
+        let mut out = Vec::with_capacity(want.len());
+        let mut size = 0;
+        for (i, w) in want.iter().enumerate() {
+            if size >= budget && !out.is_empty() {
+                return Ok((out, want.len() - i));
+            }
+            let key = Uuid::from_bytes(w.id).as_u128();
+            let Some(entry) = index.get_decoded(key)? else {
+                continue;
+            };
+            if !ctx.may_read(&entry.scope) {
+                continue;
+            }
+            let Some(bytes) = docs.get(key)?.map(|v| v.value().to_vec()) else {
+                continue;
+            };
+            let stored = StoredDoc {
+                kind: entry.kind,
+                scope: entry.scope,
+                bytes,
+            };
+            let bytes = sync::changes_for(&stored, &w.have).map_err(StoreError::Corrupt)?;
+            size += bytes.len();
+            out.push(DocData {
+                id: w.id,
+                kind: stored.kind,
+                scope: stored.scope,
+                bytes,
+            });
+        }
+        Ok((out, 0))
+    }
+}
+
+/// A pushed document merged against the stored version with feed position `base`.
+pub struct Prepared {
+    push: PushDoc,
+    base: Option<u64>,
+    merged: Result<sync::Merged, String>,
+}
+
+/// The tables one group commit writes, open in its write transaction, and the feed positions
+/// it has handed out so far.
+struct RoundWriter<'tx, 'a> {
+    docs: Table<'tx, u128, &'static [u8]>,
+    views: Table<'tx, u128, Json<RecordView>>,
+    index: Table<'tx, u128, Postcard<IndexEntry>>,
+    feed: Table<'tx, (&'static str, u64), u128>,
+    scopes: Table<'tx, &'static str, u64>,
+    receipts: Table<'tx, (u128, u64), Json<Receipt>>,
+    meta: Table<'tx, &'static str, u64>,
+    devices: Table<'tx, &'static str, Json<Device>>,
+    limits: &'a Limits,
+    /// Unix milliseconds the whole commit is stamped with.
+    now_ms: i64,
+    /// The last seq handed out, across all scopes.
+    seq: u64,
+    /// The last seq this commit wrote in each scope.
+    scope_seqs: BTreeMap<String, u64>,
+}
+
+impl<'tx, 'a> RoundWriter<'tx, 'a> {
+    fn open(
+        tx: &'tx WriteTransaction,
+        limits: &'a Limits,
+        now_ms: i64,
+    ) -> Result<Self, StoreError> {
+        let meta = tx.open_table(META)?;
+        let seq = meta.get(META_SEQ)?.map(|v| v.value()).unwrap_or(0);
+        Ok(RoundWriter {
+            docs: tx.open_table(DOCS)?,
+            views: tx.open_table(VIEWS)?,
+            index: tx.open_table(INDEX)?,
+            feed: tx.open_table(FEED)?,
+            scopes: tx.open_table(SCOPES)?,
+            receipts: tx.open_table(RECEIPTS)?,
+            meta,
+            devices: tx.open_table(DEVICES)?,
+            limits,
+            now_ms,
+            seq,
+            scope_seqs: BTreeMap::new(),
+        })
+    }
+
+    /// Writes one round's pushes, one result per push, and stamps its device.
+    fn round(
+        &mut self,
+        ctx: &DeviceCtx,
+        prepared: Vec<Prepared>,
+    ) -> Result<Vec<PushResult>, StoreError> {
+        let results = prepared
+            .into_iter()
+            .map(|p| self.push(ctx, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.stamp_last_sync(&ctx.device_id)?;
+        Ok(results)
+    }
+
+    /// One pushed document: merged again if another round wrote it since it was prepared,
+    /// then written unless refused.
+    fn push(
+        &mut self,
+        ctx: &DeviceCtx,
+        Prepared { push, base, merged }: Prepared,
+    ) -> Result<PushResult, StoreError> {
+        let key = Uuid::from_bytes(push.id).as_u128();
+        let entry = self.index.get_decoded(key)?;
+        let merged = if entry.as_ref().map(|e| e.seq) == base {
+            merged
+        } else {
+            let stored = load_stored(&self.index, &self.docs, key)?.map(|(_, stored)| stored);
+            sync::merge_push(stored.as_ref(), &push, ctx, self.limits)
+        };
+        let outcome = match merged {
+            Err(reason) => Outcome::Refused { reason },
+            Ok(merged) => {
+                self.write_merged(ctx, &push, entry.as_ref(), &merged)?;
+                Outcome::Accepted {
+                    heads: merged.heads,
+                }
+            }
+        };
+        Ok(PushResult {
+            id: push.id,
+            outcome,
+        })
+    }
+
+    /// Writes one merged document under the next seq: moves it to the end of its scope's feed
+    /// and stores its document, view, index entry and receipt. A merge that brought nothing
+    /// new writes nothing.
+    fn write_merged(
+        &mut self,
+        ctx: &DeviceCtx,
+        push: &PushDoc,
+        old: Option<&IndexEntry>,
+        merged: &sync::Merged,
+    ) -> Result<(), StoreError> {
+        let Some(bytes) = &merged.bytes else {
+            return Ok(());
+        };
+        let key = Uuid::from_bytes(push.id).as_u128();
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(old) = old {
+            self.feed.remove((old.scope.as_str(), old.seq))?;
+        }
+        self.feed.insert((push.scope.as_str(), seq), key)?;
+        self.scope_seqs.insert(push.scope.clone(), seq);
+        self.docs.insert(key, bytes.as_slice())?;
+        self.views.put_encoded(key, &merged.view)?;
+        let entry = IndexEntry {
+            kind: push.kind,
+            scope: push.scope.clone(),
+            seq,
+            heads: merged.heads.clone(),
+        };
+        self.index.put_encoded(key, &entry)?;
+        let receipt = Receipt {
+            device_id: ctx.device_id.clone(),
+            user_id: ctx.user_id.clone(),
+            received_at: self.now_ms,
+            changes: merged.added.iter().map(hex::encode).collect(),
+        };
+        self.receipts.put_encoded((key, seq), &receipt)
+    }
+
+    /// Records on the device (if it is enrolled) that it synced now.
+    fn stamp_last_sync(&mut self, device_id: &str) -> Result<(), StoreError> {
+        if let Some(mut device) = self.devices.get_decoded(device_id)? {
+            device.last_sync = Some(self.now_ms / 1000);
+            self.devices.put_encoded(device_id, &device)?;
+        }
+        Ok(())
+    }
+
+    /// Stores each written scope's last seq and the overall last seq.
+    fn finish(mut self) -> Result<(), StoreError> {
+        for (scope, last) in &self.scope_seqs {
+            self.scopes.insert(scope.as_str(), *last)?;
+        }
+        self.meta.insert(META_SEQ, self.seq)?;
+        Ok(())
+    }
+}
+
+/// A record's index entry and stored document; None for a record the server does not have.
+/// An indexed record without a document is corrupt.
+fn load_stored(
+    index: &impl ReadableTable<u128, Postcard<IndexEntry>>,
+    docs: &impl ReadableTable<u128, &'static [u8]>,
+    key: u128,
+) -> Result<Option<(IndexEntry, StoredDoc)>, StoreError> {
+    let Some(entry) = index.get_decoded(key)? else {
+        return Ok(None);
+    };
+    let bytes = docs.get(key)?.map(|v| v.value().to_vec()).ok_or_else(|| {
+        StoreError::Corrupt(format!("record {} has no document", Uuid::from_u128(key)))
+    })?;
+    let stored = StoredDoc {
+        kind: entry.kind,
+        scope: entry.scope.clone(),
+        bytes,
+    };
+    Ok(Some((entry, stored)))
+}
