@@ -13,6 +13,8 @@
 //!
 //! The generated foreign module is named `fieldsync` (namespace below).
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;

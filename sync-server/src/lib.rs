@@ -3,6 +3,8 @@
 //! A data folder holds `fieldsync.redb`, the server key `server.key` (PKCS#8 DER) and its
 //! self-signed certificate `server.crt` (DER); devices pin the certificate's SHA-256.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod auth;
 pub mod enrollment;
 pub mod export;

@@ -6,6 +6,8 @@
 //! configuration and [`transport`] the QUIC settings and frame reader (the server uses both); the `fieldsync` binary is the command line over
 //! the store and the client.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 /// Implements `From` for each redb error type on an error enum with a `Database(redb::Error)`
 /// variant, so `?` works on every redb call of a store.
 #[macro_export]
@@ -27,6 +29,8 @@ macro_rules! impl_from_redb {
     )*};
 }
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod client;
 pub mod store;
 pub mod tls;

@@ -25,10 +25,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum FieldValue {
+    /// A yes/no value (是/否).
     Bool(bool),
+    /// A whole number.
     Integer(i64),
+    /// A decimal number.
     Number(f64),
+    /// Text.
     Text(String),
+    /// A list of text.
     TextList(Vec<String>),
 }
 
@@ -114,11 +119,17 @@ impl FieldValue {
 /// The type of a field in a schema.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldType {
+    /// Free text.
     Text,
+    /// A decimal number.
     Number,
+    /// A whole number.
     Integer,
+    /// Yes or no.
     Bool,
+    /// An RFC 3339 time with its offset.
     Timestamp,
+    /// A list of text.
     TextList,
 }
 
@@ -138,14 +149,19 @@ impl fmt::Display for FieldType {
 /// The record kinds fieldsync knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
+    /// A volunteer's check-in (志愿服务签到), in a `team:<id>` scope.
     CheckIn,
+    /// A household visit (走访记录), in a `village:<id>` scope.
     VillageVisit,
+    /// A village's survey (村情台账), one per `village:<id>` scope.
     VillageSurvey,
 }
 
 impl Kind {
+    /// Every kind, in the order lists and exports show them.
     pub const ALL: [Kind; 3] = [Kind::CheckIn, Kind::VillageVisit, Kind::VillageSurvey];
 
+    /// The kind's name on the wire and in documents (`check_in`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::CheckIn => "check_in",
@@ -191,19 +207,24 @@ impl FromStr for Kind {
 /// A name shown to people, in the two languages of the office dashboard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Label {
+    /// Chinese.
     pub zh: &'static str,
+    /// English.
     pub en: &'static str,
 }
 
 /// One field of a schema.
 #[derive(Debug)]
 pub struct FieldSpec {
+    /// The field's name: a contract with CLIs, bindings and exports, never renamed.
     pub name: &'static str,
     /// What people call the field in Chinese; the dashboard shows it beside `name`. Labels are
     /// for reading and may be reworded; `name` is the contract (CLIs, bindings, exports) and is
     /// never renamed.
     pub label_zh: &'static str,
+    /// The field's value type.
     pub ty: FieldType,
+    /// Whether a record is invalid without it.
     pub required: bool,
     /// Derived fields are computed when a record is projected and never stored.
     pub derived: bool,
@@ -253,8 +274,11 @@ const fn office(name: &'static str, label_zh: &'static str, ty: FieldType) -> Fi
 /// A versioned schema: the fields of one kind at one version.
 #[derive(Debug)]
 pub struct Schema {
+    /// The kind this schema describes.
     pub kind: Kind,
+    /// The schema version, stored in each record as `kind@version`.
     pub version: u32,
+    /// The kind's fields, in the order forms and exports show them.
     pub fields: &'static [FieldSpec],
 }
 
@@ -264,6 +288,7 @@ impl Schema {
         format!("{}@{}", self.kind, self.version)
     }
 
+    /// The spec of field `name`, if the schema has it.
     pub fn field(&self, name: &str) -> Option<&FieldSpec> {
         self.fields.iter().find(|f| f.name == name)
     }
@@ -271,6 +296,7 @@ impl Schema {
 
 use FieldType::{Bool, Integer, Number, Text, TextList, Timestamp};
 
+/// The check-in form.
 pub static CHECK_IN: Schema = Schema {
     kind: Kind::CheckIn,
     version: 1,
@@ -297,6 +323,7 @@ pub static CHECK_IN: Schema = Schema {
     ],
 };
 
+/// The household visit form.
 pub static VILLAGE_VISIT: Schema = Schema {
     kind: Kind::VillageVisit,
     version: 1,
@@ -311,6 +338,7 @@ pub static VILLAGE_VISIT: Schema = Schema {
     ],
 };
 
+/// The village survey form.
 pub static VILLAGE_SURVEY: Schema = Schema {
     kind: Kind::VillageSurvey,
     version: 1,
@@ -350,15 +378,21 @@ pub enum ValidationError {
     /// The scope is not `team:<id>` or `village:<id>` as the kind requires.
     #[error("scope `{scope}` is not valid for {kind}: expected `{prefix}:<id>`")]
     BadScope {
+        /// The record's kind.
         kind: Kind,
+        /// The scope given.
         scope: String,
+        /// The scope prefix the kind needs.
         prefix: &'static str,
     },
     /// A value does not have the field's type.
     #[error("field `{field}` must be {expected}, got {got}")]
     WrongType {
+        /// The field.
         field: String,
+        /// The type its schema gives.
         expected: FieldType,
+        /// What was given instead.
         got: String,
     },
     /// A required field is missing.
