@@ -170,7 +170,7 @@ pub fn bind(
     )));
     // Every phone reconnects when the signal comes back: a large socket buffer keeps bursts of
     // handshakes from being dropped, and the accept queue (not the kernel) does the waiting.
-    let socket = bind_udp(addr).map_err(io_err(Path::new("socket")))?;
+    let socket = std::net::UdpSocket::bind(addr).map_err(io_err(Path::new("socket")))?;
     let sock = socket2_buffers(socket);
     let runtime = quinn::default_runtime()
         .ok_or_else(|| DataError::Tls(tls::TlsError::Certificate("no async runtime".into())))?;
@@ -181,26 +181,6 @@ pub fn bind(
         runtime,
     )
     .map_err(io_err(Path::new("endpoint")))
-}
-
-/// Binds the UDP socket, waiting up to 2 s while the address is still in use: a server
-/// restarted in the same process (an embedding app, the tests) can find the previous
-/// endpoint's socket not yet released, because quinn's driver task drops it after `stop`
-/// returns. Any other error, or a port still taken after that, is reported at once.
-fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let started = std::time::Instant::now();
-    loop {
-        match std::net::UdpSocket::bind(addr) {
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && addr.port() != 0
-                    && started.elapsed() < std::time::Duration::from_secs(2) =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
 }
 
 fn socket2_buffers(socket: std::net::UdpSocket) -> std::net::UdpSocket {
@@ -234,12 +214,23 @@ impl Running {
         }
     }
 
-    /// Stops accepting, lets in-flight commits finish, and waits.
+    /// Stops accepting, lets in-flight commits finish, and waits until the sync address is
+    /// free again.
+    ///
+    /// quinn's endpoint driver task releases the UDP socket a moment after the endpoint is
+    /// dropped; a server restarted in the same process (an embedding app, the tests) on the same
+    /// address would otherwise find it still in use. The wait is bounded (2 s).
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
         if let Some(http) = self.http_task {
             let _ = http.await;
+        }
+        let started = std::time::Instant::now();
+        while std::net::UdpSocket::bind(self.addr).is_err()
+            && started.elapsed() < std::time::Duration::from_secs(2)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 }
