@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use fieldsync_proto::ScopeLevel;
 use fieldsync_proto::access::Role;
 use fieldsync_proto::model::{Kind, check_scope};
 
@@ -36,7 +37,7 @@ pub fn issue(store: &ServerStore, user: &User, ttl_secs: i64) -> Result<Issued, 
         ));
     }
     for scope in &user.scopes {
-        let kind = if scope.starts_with(Kind::CheckIn.scope_prefix()) {
+        let kind = if scope.starts_with(ScopeLevel::Team.as_str()) {
             Kind::CheckIn
         } else {
             Kind::VillageSurvey

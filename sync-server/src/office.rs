@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use fieldsync_proto::ScopeLevel;
 use fieldsync_proto::access::{DeviceCtx, Role};
 use fieldsync_proto::model::{self, FieldValue, Kind};
 use fieldsync_proto::protocol::{Outcome, PushDoc};
@@ -397,7 +398,7 @@ pub struct VillageRow {
 pub fn villages(store: &ServerStore) -> Result<Vec<VillageRow>, StoreError> {
     let mut rows: BTreeMap<String, VillageRow> = BTreeMap::new();
     store.for_each_record(None, None, |view| {
-        if !view.scope.starts_with(Kind::VillageSurvey.scope_prefix()) {
+        if !view.scope.starts_with(ScopeLevel::Village.as_str()) {
             return Ok(());
         }
         let row = rows

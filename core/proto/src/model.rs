@@ -17,6 +17,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::scope::{Scope, ScopeLevel};
+
 /// The value of one field, in the form it is shown outside (CLI, exports, bindings).
 ///
 /// Serialised as the plain JSON value. Deserialised by a visitor rather than serde's untagged
@@ -179,11 +181,11 @@ impl Kind {
         }
     }
 
-    /// The scope prefix records of this kind live under (`team` or `village`).
-    pub fn scope_prefix(self) -> &'static str {
+    /// The level of the scopes records of this kind live in (`team` or `village`).
+    pub fn scope_level(self) -> ScopeLevel {
         match self {
-            Kind::CheckIn => "team",
-            Kind::VillageVisit | Kind::VillageSurvey => "village",
+            Kind::CheckIn => ScopeLevel::Team,
+            Kind::VillageVisit | Kind::VillageSurvey => ScopeLevel::Village,
         }
     }
 }
@@ -376,14 +378,14 @@ pub enum ValidationError {
     #[error("unknown kind `{0}` (known: check_in, village_visit, village_survey)")]
     UnknownKind(String),
     /// The scope is not `team:<id>` or `village:<id>` as the kind requires.
-    #[error("scope `{scope}` is not valid for {kind}: expected `{prefix}:<id>`")]
+    #[error("scope `{scope}` is not valid for {kind}: expected `{level}:<id>`")]
     BadScope {
         /// The record's kind.
         kind: Kind,
         /// The scope given.
         scope: String,
-        /// The scope prefix the kind needs.
-        prefix: &'static str,
+        /// The scope level the kind needs.
+        level: ScopeLevel,
     },
     /// A value does not have the field's type.
     #[error("field `{field}` must be {expected}, got {got}")]
@@ -412,15 +414,15 @@ pub enum ValidationError {
     Malformed(String),
 }
 
-/// Checks that `scope` is a valid scope for `kind`.
-pub fn check_scope(kind: Kind, scope: &str) -> Result<(), ValidationError> {
-    let prefix = kind.scope_prefix();
-    match scope.split_once(':') {
-        Some((p, id)) if p == prefix && !id.is_empty() && id.len() <= 128 => Ok(()),
+/// Checks that `scope` is a valid scope for `kind`, and returns it parsed.
+pub fn check_scope(kind: Kind, scope: &str) -> Result<Scope, ValidationError> {
+    let level = kind.scope_level();
+    match scope.parse::<Scope>() {
+        Ok(parsed) if parsed.level() == level => Ok(parsed),
         _ => Err(ValidationError::BadScope {
             kind,
             scope: scope.to_string(),
-            prefix,
+            level,
         }),
     }
 }
@@ -602,6 +604,14 @@ mod tests {
         assert!(check_scope(Kind::CheckIn, "team:7").is_ok());
         assert!(check_scope(Kind::CheckIn, "village:7").is_err());
         assert!(check_scope(Kind::VillageSurvey, "village:").is_err());
+        assert_eq!(
+            check_scope(Kind::CheckIn, "village:7")
+                .unwrap_err()
+                .to_string(),
+            "scope `village:7` is not valid for check_in: expected `team:<id>`"
+        );
+        let scope = check_scope(Kind::VillageVisit, "village:a:b").unwrap();
+        assert_eq!((scope.level(), scope.id()), (ScopeLevel::Village, "a:b"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::model::{self, FieldValue, HEADER_KEYS, Kind, ValidationError};
+use crate::scope::Scope;
 
 /// A record as shown outside: `{"id", "kind", "scope", "fields", "conflicts"}`.
 ///
@@ -109,7 +110,7 @@ pub enum RecordError {
 pub struct Record {
     id: Uuid,
     kind: Kind,
-    scope: String,
+    scope: Scope,
     doc: AutoCommit,
 }
 
@@ -122,15 +123,15 @@ impl Record {
         fields: &[(String, FieldValue)],
         time: i64,
     ) -> Result<Record, RecordError> {
-        model::check_scope(kind, scope)?;
+        let scope = model::check_scope(kind, scope)?;
         let mut doc = AutoCommit::new().with_actor(actor);
         doc.put(automerge::ROOT, "kind", kind.as_str())?;
         doc.put(automerge::ROOT, "schema", kind.schema().id())?;
-        doc.put(automerge::ROOT, "scope", scope)?;
+        doc.put(automerge::ROOT, "scope", scope.as_str())?;
         let mut record = Record {
             id: Uuid::now_v7(),
             kind,
-            scope: scope.to_string(),
+            scope,
             doc,
         };
         record.write_fields(fields)?;
@@ -158,8 +159,7 @@ impl Record {
             }
         };
         let kind: Kind = header("kind")?.parse()?;
-        let scope = header("scope")?;
-        model::check_scope(kind, &scope)?;
+        let scope = model::check_scope(kind, &header("scope")?)?;
         Ok(Record {
             id,
             kind,
@@ -180,7 +180,7 @@ impl Record {
 
     /// The record's scope, fixed at creation.
     pub fn scope(&self) -> &str {
-        &self.scope
+        self.scope.as_str()
     }
 
     /// The Automerge document, for merging and history.
@@ -284,7 +284,7 @@ impl Record {
         RecordView {
             id: self.id.to_string(),
             kind: self.kind.as_str().to_string(),
-            scope: self.scope.clone(),
+            scope: self.scope.to_string(),
             fields,
             conflicts,
         }
