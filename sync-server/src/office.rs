@@ -209,7 +209,7 @@ pub struct RecordFilter {
 
 impl RecordFilter {
     pub fn matches(&self, view: &RecordView) -> bool {
-        if self.kind.is_some_and(|k| k.as_str() != view.kind)
+        if self.kind.is_some_and(|k| k != view.kind)
             || self.scope.as_ref().is_some_and(|s| *s != view.scope)
             || (self.conflicted && view.conflicts.is_empty())
         {
@@ -398,7 +398,7 @@ pub struct VillageRow {
 pub fn villages(store: &ServerStore) -> Result<Vec<VillageRow>, StoreError> {
     let mut rows: BTreeMap<String, VillageRow> = BTreeMap::new();
     store.for_each_record(None, None, |view| {
-        if !view.scope.starts_with(ScopeLevel::Village.as_str()) {
+        if view.kind.scope_level() != ScopeLevel::Village {
             return Ok(());
         }
         let row = rows
@@ -416,16 +416,16 @@ pub fn villages(store: &ServerStore) -> Result<Vec<VillageRow>, StoreError> {
         {
             row.village = name.to_string();
         }
-        match view.kind.as_str() {
+        match view.kind {
             // Ids are UUIDv7 and come in creation order, so the last survey seen is the latest.
-            "village_survey" => {
+            Kind::VillageSurvey => {
                 row.conflicts = view.conflicts.keys().cloned().collect();
                 if let Some(name) = view.text("village") {
                     row.village = name.to_string();
                 }
                 row.survey = Some(view);
             }
-            "village_visit" => {
+            Kind::VillageVisit => {
                 row.visits += 1;
                 if let Some(at) = view.text("visited_at")
                     && row.last_visit.as_deref().is_none_or(|last| at > last)
@@ -433,7 +433,7 @@ pub fn villages(store: &ServerStore) -> Result<Vec<VillageRow>, StoreError> {
                     row.last_visit = Some(at.to_string());
                 }
             }
-            _ => {}
+            Kind::CheckIn => {}
         }
         Ok(())
     })?;

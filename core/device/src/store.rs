@@ -360,9 +360,7 @@ impl DeviceStore {
         let mut out = Vec::new();
         for entry in views.iter()? {
             let view = decode_view(entry?.1.value())?;
-            if kind.is_some_and(|k| k.as_str() != view.kind)
-                || scope.is_some_and(|s| s != view.scope)
-            {
+            if kind.is_some_and(|k| k != view.kind) || scope.is_some_and(|s| s != view.scope) {
                 continue;
             }
             out.push(view);

@@ -149,7 +149,12 @@ impl fmt::Display for FieldType {
 }
 
 /// The record kinds fieldsync knows.
+///
+/// Serialised as its name (`check_in`, …) in JSON, the form of `RecordView`'s `kind` in
+/// projections, exports and the API; postcard (wire messages, the server's index) encodes the
+/// variant's index, which renaming does not touch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A volunteer's check-in (志愿服务签到), in a `team:<id>` scope.
     CheckIn,

@@ -82,9 +82,7 @@ impl ServerStore {
         let views = tx.open_table(VIEWS)?;
         for entry in views.iter()? {
             let view = entry?.1.value().decode()?;
-            if kind.is_some_and(|k| k.as_str() != view.kind)
-                || scope.is_some_and(|s| s != view.scope)
-            {
+            if kind.is_some_and(|k| k != view.kind) || scope.is_some_and(|s| s != view.scope) {
                 continue;
             }
             f(view)?;

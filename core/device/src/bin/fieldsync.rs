@@ -160,8 +160,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .get(id)
                 .map_err(|e| err(&e))?
                 .ok_or(format!("no record {id}"))?;
-            let kind: Kind = view.kind.parse().map_err(|e| err(&e))?;
-            let fields = parse_fields(kind, &fields)?;
+            let fields = parse_fields(view.kind, &fields)?;
             let view = store.update(id, &fields).map_err(|e| err(&e))?;
             println!("{}", view.id);
         }

@@ -53,12 +53,11 @@ impl Lang {
     }
 }
 
-pub(super) fn kind_label(lang: Lang, kind: &str) -> &'static str {
+pub(super) fn kind_label(lang: Lang, kind: Kind) -> &'static str {
     match kind {
-        "check_in" => lang.t("志愿服务签到", "Check-in"),
-        "village_visit" => lang.t("走访记录", "Village visit"),
-        "village_survey" => lang.t("村情台账", "Village survey"),
-        _ => "?",
+        Kind::CheckIn => lang.t("志愿服务签到", "Check-in"),
+        Kind::VillageVisit => lang.t("走访记录", "Village visit"),
+        Kind::VillageSurvey => lang.t("村情台账", "Village survey"),
     }
 }
 
@@ -83,12 +82,8 @@ pub(super) fn role_label(lang: Lang, role: Role) -> &'static str {
 /// A field's name as a page shows it: in Chinese the schema's label with the field name beside
 /// it (the name stays the contract, and staff who write scripts or read exports know it); a
 /// field the schema does not know (written by a newer phone) shows its name alone.
-pub(super) fn field_label(lang: Lang, kind: &str, field: &str) -> Markup {
-    let label_zh = kind
-        .parse::<Kind>()
-        .ok()
-        .and_then(|kind| kind.schema().field(field))
-        .map(|spec| spec.label_zh);
+pub(super) fn field_label(lang: Lang, kind: Kind, field: &str) -> Markup {
+    let label_zh = kind.schema().field(field).map(|spec| spec.label_zh);
     match (lang, label_zh) {
         (Lang::Zh, Some(zh)) => html! { (zh) " " span.muted { (field) } },
         _ => html! { (field) },

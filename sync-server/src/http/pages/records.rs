@@ -17,10 +17,10 @@ use crate::office::{self, OfficeError};
 
 /// A short one-line summary of a record for lists.
 pub(super) fn summary(view: &RecordView) -> String {
-    let keys: &[&str] = match view.kind.as_str() {
-        "check_in" => &["volunteer_name", "activity", "place"],
-        "village_visit" => &["village", "household", "findings"],
-        _ => &["village", "note"],
+    let keys: &[&str] = match view.kind {
+        Kind::CheckIn => &["volunteer_name", "activity", "place"],
+        Kind::VillageVisit => &["village", "household", "findings"],
+        Kind::VillageSurvey => &["village", "note"],
     };
     keys.iter()
         .filter_map(|k| view.field(k).map(FieldValue::to_cell))
@@ -38,7 +38,7 @@ fn record_rows(lang: Lang, records: &[RecordView]) -> Markup {
             }
             @for r in records {
                 tr class=[(!r.conflicts.is_empty()).then_some("conflict")] {
-                    td { a href={"/records/" (r.id)} { (kind_label(lang, &r.kind)) } }
+                    td { a href={"/records/" (r.id)} { (kind_label(lang, r.kind)) } }
                     td { (r.scope) }
                     td { (office::record_day(r).unwrap_or("")) }
                     td { (summary(r)) }
@@ -70,7 +70,7 @@ pub(super) async fn records_page(
         form.filters method="get" action="/records" {
             label { (lang.t("类型", "Kind")) select name="kind" {
                 option value="" { (lang.t("全部", "all")) }
-                @for k in Kind::ALL { option value=(k.as_str()) selected[kind == k.as_str()] { (kind_label(lang, k.as_str())) } }
+                @for k in Kind::ALL { option value=(k.as_str()) selected[kind == k.as_str()] { (kind_label(lang, k)) } }
             } }
             label { (lang.t("范围", "Scope")) input name="scope" value=(v(&query.scope)) placeholder="team:7 / village:3"; }
             label { (lang.t("状态", "Status")) select name="status" {
@@ -109,12 +109,12 @@ pub(super) async fn record_page(
     .page(lang)?;
     let can_act = page.is_office();
     let body = html! {
-        p { (kind_label(lang, &view.kind)) " · " code { (view.scope) } " · " code { (view.id) } }
+        p { (kind_label(lang, view.kind)) " · " code { (view.scope) } " · " code { (view.id) } }
         table #fields {
             tr { th { (lang.t("字段", "Field")) } th { (lang.t("值", "Value")) } }
             @for (name, value) in &view.fields {
                 tr class=[view.conflicts.contains_key(name).then_some("conflict")] {
-                    td { (field_label(lang, &view.kind, name)) }
+                    td { (field_label(lang, view.kind, name)) }
                     td {
                         @if let Some(all) = view.conflicts.get(name) {
                             strong { (lang.t("冲突：", "Conflict: ")) }
@@ -126,7 +126,7 @@ pub(super) async fn record_page(
                 }
             }
         }
-        @if can_act && view.kind == "check_in" { (review_controls(&page, &view)) }
+        @if can_act && view.kind == Kind::CheckIn { (review_controls(&page, &view)) }
         @if can_act && !view.conflicts.is_empty() { (resolve_controls(&page, &view)) }
         h2 { (lang.t("修改历史", "History")) }
         table #history {
