@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use fieldsync_proto::ScopeLevel;
 use fieldsync_proto::access::{DeviceCtx, Role};
-use fieldsync_proto::model::{self, FieldValue, Kind};
+use fieldsync_proto::model::{self, FieldValue, Kind, Status};
 use fieldsync_proto::protocol::{Outcome, PushDoc};
 use fieldsync_proto::record::{Record, RecordView};
 use serde::Serialize;
@@ -45,30 +45,18 @@ pub enum OfficeError {
     Store(#[from] StoreError),
 }
 
-/// An office verdict on a check-in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Confirmed,
-    Rejected,
+/// Reads an office verdict on a check-in: a status other than `submitted`.
+pub fn verdict(s: &str) -> Result<Status, OfficeError> {
+    match s.parse() {
+        Ok(status) if status != Status::Submitted => Ok(status),
+        _ => Err(not_a_verdict(s)),
+    }
 }
 
-impl Verdict {
-    pub fn parse(s: &str) -> Result<Verdict, OfficeError> {
-        match s {
-            "confirmed" => Ok(Verdict::Confirmed),
-            "rejected" => Ok(Verdict::Rejected),
-            other => Err(OfficeError::Invalid(format!(
-                "status must be `confirmed` or `rejected`, not `{other}`"
-            ))),
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Confirmed => "confirmed",
-            Verdict::Rejected => "rejected",
-        }
-    }
+fn not_a_verdict(s: &str) -> OfficeError {
+    OfficeError::Invalid(format!(
+        "status must be `confirmed` or `rejected`, not `{s}`"
+    ))
 }
 
 /// The Automerge actor of an office user's changes: 16 bytes of SHA-256 over a fixed prefix
@@ -79,20 +67,21 @@ pub fn office_actor(user_id: &str) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, &input).as_ref()[..16].to_vec()
 }
 
-/// Confirms or rejects a check-in on behalf of `user`, with a note.
+/// Confirms or rejects a check-in on behalf of `user`, with a note; `verdict` is not
+/// `submitted` (a review cannot send a check-in back).
 pub fn review(
     shared: &Shared,
     user: &User,
     id: Uuid,
-    verdict: Verdict,
+    verdict: Status,
     note: &str,
     now: i64,
 ) -> Result<RecordView, OfficeError> {
+    if verdict == Status::Submitted {
+        return Err(not_a_verdict(verdict.as_str()));
+    }
     let fields = vec![
-        (
-            "status".to_string(),
-            FieldValue::Text(verdict.as_str().into()),
-        ),
+        ("status".to_string(), verdict.value()),
         (
             "review_note".to_string(),
             FieldValue::Text(note.to_string()),
@@ -196,7 +185,7 @@ fn change(
 pub struct RecordFilter {
     pub kind: Option<Kind>,
     pub scope: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<Status>,
     /// First day (`YYYY-MM-DD`) of the record's date: `started_at`, `visited_at`.
     pub from: Option<String>,
     /// Last day, inclusive.
@@ -352,10 +341,10 @@ pub fn hours(
                 rejected: 0.0,
                 check_ins: 0,
             });
-        match view.text("status") {
-            Some("confirmed") => row.confirmed += hours,
-            Some("rejected") => row.rejected += hours,
-            _ => row.pending += hours,
+        match view.text("status").and_then(|s| s.parse().ok()) {
+            Some(Status::Confirmed) => row.confirmed += hours,
+            Some(Status::Rejected) => row.rejected += hours,
+            Some(Status::Submitted) | None => row.pending += hours,
         }
         row.check_ins += 1;
         Ok(())

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::tls::{self, KeyAndCert};
 use fieldsync_proto::access::Role;
-use fieldsync_proto::model::{FieldValue, Kind};
+use fieldsync_proto::model::{FieldValue, Kind, Status};
 use fieldsync_proto::protocol::{Changed, Cursor, DocData, DocId, Hash, PushDoc};
 use fieldsync_proto::record::{HistoryEntry, Record, RecordError, RecordView};
 use fieldsync_proto::sync::Pending;
@@ -250,7 +250,7 @@ impl DeviceStore {
             text("activity", &form.activity),
             text("place", &form.place),
             text("started_at", &form.started_at),
-            text("status", "submitted"),
+            ("status".to_string(), Status::Submitted.value()),
             text("device_time", &chrono::Local::now().to_rfc3339()),
         ];
         let optional = [
@@ -283,16 +283,16 @@ impl DeviceStore {
                 sum.open += 1;
                 continue;
             };
-            match view.text("status") {
-                Some("confirmed") => {
+            match view.text("status").and_then(|s| s.parse().ok()) {
+                Some(Status::Confirmed) => {
                     sum.confirmed += 1;
                     sum.confirmed_hours += hours;
                 }
-                Some("rejected") => {
+                Some(Status::Rejected) => {
                     sum.rejected += 1;
                     sum.rejected_hours += hours;
                 }
-                _ => {
+                Some(Status::Submitted) | None => {
                     sum.submitted += 1;
                     sum.submitted_hours += hours;
                 }

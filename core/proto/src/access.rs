@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FieldValue, Kind};
+use crate::model::{FieldValue, Kind, Status};
 
 /// What a user may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -127,7 +127,7 @@ pub fn check_write(
             for field in touched {
                 let submitting = before.is_none()
                     && field == "status"
-                    && after.get("status") == Some(&vec![FieldValue::Text("submitted".into())]);
+                    && after.get("status") == Some(&vec![Status::Submitted.value()]);
                 if REVIEW_FIELDS.contains(&field) && !submitting {
                     return Err(format!("a volunteer may not set `{field}`"));
                 }

@@ -18,6 +18,6 @@ pub mod scope;
 pub mod sync;
 
 pub use access::{DeviceCtx, Role};
-pub use model::{FieldValue, Kind};
+pub use model::{FieldValue, Kind, Status};
 pub use record::{Record, RecordView};
 pub use scope::{Scope, ScopeLevel};

@@ -373,8 +373,54 @@ pub static VILLAGE_SURVEY: Schema = Schema {
 /// The root keys every record document holds besides its fields.
 pub const HEADER_KEYS: [&str; 3] = ["kind", "schema", "scope"];
 
-/// Check-in statuses.
-pub const STATUSES: [&str; 3] = ["submitted", "confirmed", "rejected"];
+/// A check-in's review status, stored as its name in the text field `status`.
+///
+/// A phone writes `submitted` when it records a check-in; office staff set `confirmed` or
+/// `rejected` when they review it ([`crate::access`] keeps volunteers to `submitted`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Status {
+    /// Recorded on a phone, waiting for review (待审核).
+    Submitted,
+    /// Confirmed by office staff (已确认): the hours count.
+    Confirmed,
+    /// Rejected by office staff (已驳回): the hours count nowhere.
+    Rejected,
+}
+
+impl Status {
+    /// Every status, in the order filters and tables show them.
+    pub const ALL: [Status; 3] = [Status::Submitted, Status::Confirmed, Status::Rejected];
+
+    /// The status's name as stored in the `status` field (`submitted`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Submitted => "submitted",
+            Status::Confirmed => "confirmed",
+            Status::Rejected => "rejected",
+        }
+    }
+
+    /// The value of the `status` field that records this status.
+    pub fn value(self) -> FieldValue {
+        FieldValue::Text(self.as_str().to_string())
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| ValidationError::BadStatus(s.to_string()))
+    }
+}
 
 /// Why a record or a value is not acceptable.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -548,9 +594,8 @@ pub fn validate_record(
                     check_value(spec, v)?;
                     if spec.name == "status"
                         && let FieldValue::Text(s) = v
-                        && !STATUSES.contains(&s.as_str())
                     {
-                        return Err(ValidationError::BadStatus(s.clone()));
+                        s.parse::<Status>()?;
                     }
                 }
             }
@@ -585,6 +630,18 @@ mod tests {
             "parade".parse::<Kind>(),
             Err(ValidationError::UnknownKind(_))
         ));
+    }
+
+    #[test]
+    fn statuses_round_trip_and_others_are_refused() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>(), Ok(s));
+            assert_eq!(s.value(), FieldValue::Text(s.to_string()));
+        }
+        assert_eq!(
+            "approved".parse::<Status>().unwrap_err().to_string(),
+            "status must be one of submitted, confirmed, rejected; got `approved`"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use axum::http::HeaderMap;
 use axum_extra::extract::cookie::CookieJar;
 use fieldsync_proto::access::Role;
-use fieldsync_proto::model::Kind;
+use fieldsync_proto::model::{Kind, Status};
 use maud::{Markup, html};
 
 /// The language cookie (`zh` or `en`).
@@ -61,13 +61,19 @@ pub(super) fn kind_label(lang: Lang, kind: Kind) -> &'static str {
     }
 }
 
-pub(super) fn status_label(lang: Lang, status: &str) -> String {
+pub(super) fn status_label(lang: Lang, status: Status) -> &'static str {
     match status {
-        "submitted" => lang.t("待审核", "submitted").to_string(),
-        "confirmed" => lang.t("已确认", "confirmed").to_string(),
-        "rejected" => lang.t("已驳回", "rejected").to_string(),
-        other => other.to_string(),
+        Status::Submitted => lang.t("待审核", "submitted"),
+        Status::Confirmed => lang.t("已确认", "confirmed"),
+        Status::Rejected => lang.t("已驳回", "rejected"),
     }
+}
+
+/// The status text of a record as a page shows it: its label, or the text itself if it is no
+/// status this build knows.
+pub(super) fn status_text(lang: Lang, text: &str) -> String {
+    text.parse()
+        .map_or_else(|_| text.to_string(), |s| status_label(lang, s).to_string())
 }
 
 pub(super) fn role_label(lang: Lang, role: Role) -> &'static str {

@@ -4,12 +4,12 @@
 //! resolve forms too.
 
 use axum::extract::{Path, Query, State};
-use fieldsync_proto::model::{self, FieldValue, Kind};
+use fieldsync_proto::model::{FieldValue, Kind, Status};
 use fieldsync_proto::record::RecordView;
 use maud::{Markup, html};
 
 use super::conflicts::resolve_controls;
-use super::i18n::{Lang, field_label, kind_label, status_label};
+use super::i18n::{Lang, field_label, kind_label, status_label, status_text};
 use super::layout::{PageError, PageResult, PageStaff, layout, time_text};
 use super::review::review_controls;
 use crate::http::{AppState, MAX_LIST, RecordQuery, blocking, list_records, parse_id};
@@ -43,7 +43,7 @@ fn record_rows(lang: Lang, records: &[RecordView]) -> Markup {
                     td { (office::record_day(r).unwrap_or("")) }
                     td { (summary(r)) }
                     td { (r.field("hours").map(FieldValue::to_cell).unwrap_or_default()) }
-                    td { (r.text("status").map(|s| status_label(lang, s)).unwrap_or_default()) }
+                    td { (r.text("status").map(|s| status_text(lang, s)).unwrap_or_default()) }
                     td { (r.conflicts.keys().cloned().collect::<Vec<_>>().join(", ")) }
                 }
             }
@@ -75,7 +75,7 @@ pub(super) async fn records_page(
             label { (lang.t("范围", "Scope")) input name="scope" value=(v(&query.scope)) placeholder="team:7 / village:3"; }
             label { (lang.t("状态", "Status")) select name="status" {
                 option value="" { (lang.t("全部", "all")) }
-                @for s in model::STATUSES { option value=(s) selected[query.status.as_deref() == Some(s)] { (status_label(lang, s)) } }
+                @for s in Status::ALL { option value=(s.as_str()) selected[query.status.as_deref() == Some(s.as_str())] { (status_label(lang, s)) } }
             } }
             label { (lang.t("从", "From")) input type="date" name="from" value=(v(&query.from)); }
             label { (lang.t("到", "To")) input type="date" name="to" value=(v(&query.to)); }
@@ -120,7 +120,7 @@ pub(super) async fn record_page(
                             strong { (lang.t("冲突：", "Conflict: ")) }
                             (all.iter().map(FieldValue::to_cell).collect::<Vec<_>>().join(" | "))
                         } @else if name == "status" {
-                            (status_label(lang, &value.to_cell()))
+                            (status_text(lang, &value.to_cell()))
                         } @else { (value.to_cell()) }
                     }
                 }
