@@ -151,7 +151,7 @@ impl From<EnrollmentInfo> for Enrollment {
             user_id: e.user_id,
             user_name: e.user_name,
             role: e.role.into(),
-            scopes: e.scopes,
+            scopes: e.scopes.into_iter().map(String::from).collect(),
         }
     }
 }

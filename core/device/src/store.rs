@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::tls::{self, KeyAndCert};
+use fieldsync_proto::Scope;
 use fieldsync_proto::access::Role;
-use fieldsync_proto::model::{FieldValue, Kind, Status};
+use fieldsync_proto::model::{self, FieldValue, Kind, Status};
 use fieldsync_proto::protocol::{Changed, Cursor, DocData, DocId, Hash, PushDoc};
 use fieldsync_proto::record::{HistoryEntry, Record, RecordError, RecordView};
 use fieldsync_proto::sync::Pending;
@@ -90,7 +91,7 @@ pub struct EnrollmentInfo {
     pub user_id: String,
     pub user_name: String,
     pub role: Role,
-    pub scopes: Vec<String>,
+    pub scopes: Vec<Scope>,
 }
 
 /// A volunteer check-in as entered on the phone.
@@ -230,23 +231,20 @@ impl DeviceStore {
     pub fn check_in(&self, form: &CheckInForm) -> Result<RecordView, StoreError> {
         let info = self.enrollment()?.ok_or(StoreError::NotEnrolled)?;
         let scope = match &form.scope {
-            Some(s) => s.clone(),
+            Some(s) => model::check_scope(Kind::CheckIn, s).map_err(RecordError::from)?,
             None => info
                 .scopes
                 .iter()
-                .find(|s| s.starts_with("team:"))
+                .find(|s| s.level() == Kind::CheckIn.scope_level())
                 .cloned()
                 .ok_or(StoreError::NoTeamScope)?,
         };
-        let team = scope
-            .split_once(':')
-            .map(|(_, t)| t.to_string())
-            .unwrap_or_default();
+        let team = scope.id();
         let text = |name: &str, v: &str| (name.to_string(), FieldValue::Text(v.to_string()));
         let mut fields = vec![
             text("volunteer_id", &info.user_id),
             text("volunteer_name", &info.user_name),
-            text("team", &team),
+            text("team", team),
             text("activity", &form.activity),
             text("place", &form.place),
             text("started_at", &form.started_at),
@@ -265,7 +263,7 @@ impl DeviceStore {
                 .into_iter()
                 .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
         );
-        self.create(Kind::CheckIn, &scope, &fields)
+        self.create(Kind::CheckIn, scope.as_str(), &fields)
     }
 
     /// The enrolled user's check-in hours on this device, by review status.
@@ -646,7 +644,7 @@ mod tests {
                 user_id: user.into(),
                 user_name: format!("name of {user}"),
                 role: Role::Volunteer,
-                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                scopes: scopes.iter().map(|s| s.parse().unwrap()).collect(),
             })
             .unwrap();
     }

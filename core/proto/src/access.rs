@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{FieldValue, Kind, Status};
+use crate::scope::Scope;
 
 /// What a user may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,7 +75,7 @@ pub struct DeviceCtx {
     /// The user's role, from the server's tables.
     pub role: Role,
     /// The scopes the user may read and write (`team:<id>`, `village:<id>`).
-    pub scopes: Vec<String>,
+    pub scopes: Vec<Scope>,
 }
 
 impl DeviceCtx {
@@ -174,7 +175,7 @@ mod tests {
             actor: vec![1; 16],
             user_id: "u1".into(),
             role,
-            scopes: vec!["team:1".into(), "village:9".into()],
+            scopes: vec!["team:1".parse().unwrap(), "village:9".parse().unwrap()],
         }
     }
 

@@ -112,6 +112,15 @@ impl Scope {
     }
 }
 
+/// `scopes` as text, separated by `sep`, for messages and tables.
+pub fn join(scopes: &[Scope], sep: &str) -> String {
+    scopes
+        .iter()
+        .map(Scope::as_str)
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
 impl FromStr for Scope {
     type Err = ScopeError;
 
@@ -198,8 +207,9 @@ mod tests {
         let village: Scope = "village:a:b".parse().unwrap();
         assert_eq!(village.level(), ScopeLevel::Village);
         assert_eq!(village.id(), "a:b");
-        assert_eq!(Scope::new(ScopeLevel::Village, "a:b"), Ok(village));
+        assert_eq!(Scope::new(ScopeLevel::Village, "a:b"), Ok(village.clone()));
         assert_eq!(team, "team:7");
+        assert_eq!(join(&[team, village], " "), "team:7 village:a:b");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use fieldsync_proto::Scope;
 use fieldsync_proto::access::DeviceCtx;
 use fieldsync_proto::model::Kind;
 use fieldsync_proto::protocol::{
@@ -169,7 +170,7 @@ impl ServerStore {
                 .map(|e| e.map(|(k, _)| k.value().to_string()))
                 .collect::<Result<_, _>>()?
         } else {
-            ctx.scopes.clone()
+            ctx.scopes.iter().map(Scope::to_string).collect()
         };
         let mut changed = Vec::new();
         let mut new_cursors = Vec::new();
