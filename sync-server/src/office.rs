@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use fieldsync_proto::ScopeLevel;
 use fieldsync_proto::access::{DeviceCtx, Role};
+use fieldsync_proto::hours::Tally;
 use fieldsync_proto::model::{self, FieldValue, Kind, Status};
 use fieldsync_proto::protocol::{Outcome, PushDoc};
 use fieldsync_proto::record::{Record, RecordView};
@@ -308,7 +309,8 @@ pub fn hours(
             "month must look like 2026-11, not `{m}`"
         )));
     }
-    let mut rows: BTreeMap<(String, String), HoursRow> = BTreeMap::new();
+    // (key, month) → (name, tally)
+    let mut rows: BTreeMap<(String, String), (String, Tally)> = BTreeMap::new();
     store.for_each_record(Some(Kind::CheckIn), None, |view| {
         let Some(row_month) = view.text("started_at").and_then(|s| s.get(..7)) else {
             return Ok(());
@@ -326,37 +328,22 @@ pub fn hours(
                 view.text("team").unwrap_or_default().to_string(),
             ),
         };
-        let hours = match view.field("hours") {
-            Some(FieldValue::Number(h)) => *h,
-            _ => 0.0,
-        };
-        let row = rows
-            .entry((key.clone(), row_month.to_string()))
-            .or_insert_with(|| HoursRow {
-                key,
-                name,
-                month: row_month.to_string(),
-                confirmed: 0.0,
-                pending: 0.0,
-                rejected: 0.0,
-                check_ins: 0,
-            });
-        match view.text("status").and_then(|s| s.parse().ok()) {
-            Some(Status::Confirmed) => row.confirmed += hours,
-            Some(Status::Rejected) => row.rejected += hours,
-            Some(Status::Submitted) | None => row.pending += hours,
-        }
-        row.check_ins += 1;
+        rows.entry((key, row_month.to_string()))
+            .or_insert_with(|| (name, Tally::default()))
+            .1
+            .add_view(&view);
         Ok(())
     })?;
-    let round = |h: f64| (h * 100.0).round() / 100.0;
     Ok(rows
-        .into_values()
-        .map(|r| HoursRow {
-            confirmed: round(r.confirmed),
-            pending: round(r.pending),
-            rejected: round(r.rejected),
-            ..r
+        .into_iter()
+        .map(|((key, month), (name, tally))| HoursRow {
+            key,
+            name,
+            month,
+            confirmed: tally.hours(Status::Confirmed),
+            pending: tally.hours(Status::Submitted),
+            rejected: tally.hours(Status::Rejected),
+            check_ins: tally.check_ins(),
         })
         .collect())
 }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::tls::{self, KeyAndCert};
 use fieldsync_proto::Scope;
 use fieldsync_proto::access::Role;
+use fieldsync_proto::hours::Tally;
 use fieldsync_proto::model::{self, FieldValue, Kind, Status};
 use fieldsync_proto::protocol::{Changed, Cursor, DocData, DocId, Hash, PushDoc};
 use fieldsync_proto::record::{HistoryEntry, Record, RecordError, RecordView};
@@ -272,36 +273,21 @@ impl DeviceStore {
     /// the office's verdicts as far as the last sync brought them.
     pub fn my_hours(&self) -> Result<HoursSummary, StoreError> {
         let info = self.enrollment()?.ok_or(StoreError::NotEnrolled)?;
-        let mut sum = HoursSummary::default();
+        let mut tally = Tally::default();
         for view in self.list(Some(Kind::CheckIn), None)? {
-            if view.text("volunteer_id") != Some(info.user_id.as_str()) {
-                continue;
-            }
-            let Some(FieldValue::Number(hours)) = view.field("hours").cloned() else {
-                sum.open += 1;
-                continue;
-            };
-            match view.text("status").and_then(|s| s.parse().ok()) {
-                Some(Status::Confirmed) => {
-                    sum.confirmed += 1;
-                    sum.confirmed_hours += hours;
-                }
-                Some(Status::Rejected) => {
-                    sum.rejected += 1;
-                    sum.rejected_hours += hours;
-                }
-                Some(Status::Submitted) | None => {
-                    sum.submitted += 1;
-                    sum.submitted_hours += hours;
-                }
+            if view.text("volunteer_id") == Some(info.user_id.as_str()) {
+                tally.add_view(&view);
             }
         }
-        // Sums of hundredths drift in binary floating point: keep them at hundredths.
-        let round = |h: f64| (h * 100.0).round() / 100.0;
-        sum.confirmed_hours = round(sum.confirmed_hours);
-        sum.submitted_hours = round(sum.submitted_hours);
-        sum.rejected_hours = round(sum.rejected_hours);
-        Ok(sum)
+        Ok(HoursSummary {
+            confirmed_hours: tally.hours(Status::Confirmed),
+            submitted_hours: tally.hours(Status::Submitted),
+            rejected_hours: tally.hours(Status::Rejected),
+            confirmed: tally.count(Status::Confirmed),
+            submitted: tally.count(Status::Submitted),
+            rejected: tally.count(Status::Rejected),
+            open: tally.open(),
+        })
     }
 
     /// Edits a record as one durable write; returns its projection.

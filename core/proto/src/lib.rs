@@ -2,8 +2,8 @@
 //!
 //! As quinn-proto sits under quinn, this crate holds the logic and its drivers stay thin:
 //! [`model`] (record kinds and schemas), [`scope`] (typed scopes), [`access`] (roles and write
-//! rules), [`record`] (one record = one Automerge document), [`protocol`] (wire messages,
-//! framing, close codes) and [`sync`] (both sides' round state machines and the server's merge
+//! rules), [`record`] (one record = one Automerge document), [`hours`] (volunteer hours by
+//! review status), [`protocol`] (wire messages, framing, close codes) and [`sync`] (both sides' round state machines and the server's merge
 //! rule). Messages and results go in, effects come out, time is passed in. Its normal
 //! dependencies contain no socket, TLS, storage or async runtime crate; `.ci/run` checks that.
 
@@ -11,6 +11,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod access;
+pub mod hours;
 pub mod model;
 pub mod protocol;
 pub mod record;

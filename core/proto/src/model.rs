@@ -574,7 +574,7 @@ pub fn derive_hours(started_at: &str, ended_at: &str) -> Option<f64> {
     let start = parse_timestamp(started_at)?;
     let end = parse_timestamp(ended_at)?;
     let ms = (end - start).num_milliseconds();
-    (ms >= 0).then(|| (ms as f64 / 3_600_000.0 * 100.0).round() / 100.0)
+    (ms >= 0).then(|| crate::hours::round(ms as f64 / 3_600_000.0))
 }
 
 /// Validates the whole set of current field values of a record of `kind`.
