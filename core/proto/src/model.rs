@@ -195,21 +195,29 @@ impl Kind {
     }
 }
 
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// Shows an enum with `ALL` and `as_str` by its name and reads it back by name; any other text
+/// is refused as `ValidationError::$refused(text)`.
+macro_rules! by_name {
+    ($ty:ident, $refused:ident) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = ValidationError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $ty::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| ValidationError::$refused(s.to_string()))
+            }
+        }
+    };
 }
 
-impl FromStr for Kind {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| ValidationError::UnknownKind(s.to_string()))
-    }
-}
+by_name!(Kind, UnknownKind);
 
 /// A name shown to people, in the two languages of the office dashboard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -406,21 +414,7 @@ impl Status {
     }
 }
 
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Status {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Status::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| ValidationError::BadStatus(s.to_string()))
-    }
-}
+by_name!(Status, BadStatus);
 
 /// Why a record or a value is not acceptable.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
