@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use axum_extra::extract::cookie::CookieJar;
 use bytes::Bytes;
 use fieldsync_proto::access::Role;
-use fieldsync_proto::model::Kind;
+use fieldsync_proto::model::{Kind, Status};
 use fieldsync_proto::record::RecordView;
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::auth::{self, AuthError};
 use crate::export::{self, Format};
-use crate::office::{self, HoursBy, OfficeError, RecordFilter, Verdict};
+use crate::office::{self, HoursBy, OfficeError, RecordFilter};
 use crate::session::Shared;
 use crate::store::{StoreError, User, WebSession};
 
@@ -308,15 +308,16 @@ impl RecordQuery {
             .map(|k| k.parse::<Kind>())
             .transpose()
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let status = given(&self.status);
-        if let Some(s) = &status
-            && !fieldsync_proto::model::STATUSES.contains(&s.as_str())
-        {
-            return Err(ApiError::bad_request(format!(
-                "status must be one of {}, not `{s}`",
-                fieldsync_proto::model::STATUSES.join(", ")
-            )));
-        }
+        let status = given(&self.status)
+            .map(|s| {
+                s.parse::<Status>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "status must be one of {}, not `{s}`",
+                        Status::ALL.map(Status::as_str).join(", ")
+                    ))
+                })
+            })
+            .transpose()?;
         for day in [&self.from, &self.to].into_iter().filter_map(given) {
             if chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d").is_err() {
                 return Err(ApiError::bad_request(format!(
@@ -443,7 +444,7 @@ async fn review_record(
     status: &str,
     note: String,
 ) -> Result<RecordView, ApiError> {
-    let verdict = Verdict::parse(status)?;
+    let verdict = office::verdict(status)?;
     run_office_change(state, move |shared, now| {
         office::review(shared, &user, id, verdict, &note, now)
     })
