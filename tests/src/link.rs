@@ -838,7 +838,7 @@ mod tests {
     #[tokio::test]
     async fn quic_recovers_from_heavy_loss() -> Fallible {
         let config = LinkConfig::clean().with_loss(0.3).with_seed(7);
-        let (_, _, link) = connect_and_echo(config, 30_000).await?;
+        let (_, _, link) = connect_and_echo(config, 100_000).await?;
         let s = link.stats();
         let (lost, sent) = (
             s.up.dropped_loss + s.down.dropped_loss,
