@@ -23,9 +23,11 @@
 //! 6. when due, it is dropped if an outage overlapped its time on the link (an outage started
 //!    by [`LinkHandle::outage_now`] takes what is in the pipe) or the blackhole is on.
 //!
-//! Unlike linkem: no reordering option, one rate for both ways. GSO and GRO are off towards
-//! quinn, so each datagram is judged and counted alone; a GRO batch from the real socket is
-//! split first. Byte counts are UDP payload, as quinn's `udp_tx` and `udp_rx`.
+//! Unlike linkem: no reordering, one rate for both ways, a buffer in bytes (not packets),
+//! and step 6 (linkem only drops what an outage catches on the air, not in propagation).
+//! GSO and GRO are off towards quinn, so each datagram is judged and counted alone; a GRO
+//! batch from the real socket is split first. Byte counts are UDP payload, as quinn's
+//! `udp_tx` and `udp_rx` count them; the rate also counts the 28 header bytes.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::collections::VecDeque;
@@ -47,8 +49,9 @@ use tokio::time::{Instant, Sleep, sleep_until};
 pub const OVERHEAD_BYTES: u64 = 28;
 /// Airtime and delay are capped at a day, so instant arithmetic cannot overflow.
 const MAX_SPAN: Duration = Duration::from_secs(86_400);
-/// Receive buffers for the real socket, each big enough for a whole GRO batch.
-const SCRATCH: (usize, usize) = (4, 64 * 1024);
+/// Receive buffers for the real socket: how many, and each big enough for a GRO batch.
+const SCRATCH_BUFS: usize = 4;
+const SCRATCH_LEN: usize = 64 * 1024;
 
 /// What the link does to datagrams, the same in both directions.
 #[derive(Clone, Debug)]
@@ -401,7 +404,7 @@ impl ImpairedSocket {
             up: Lane::new(up, now),
             down: Lane::new(down, now),
             timer: None,
-            scratch: vec![vec![0; SCRATCH.1]; SCRATCH.0],
+            scratch: vec![vec![0; SCRATCH_LEN]; SCRATCH_BUFS],
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -431,7 +434,7 @@ impl Drop for ImpairedSocket {
 
 impl fmt::Debug for ImpairedSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // No lock: quinn may format the socket while the state is held.
+        // No lock here, so formatting the socket never waits on the link.
         f.debug_struct("ImpairedSocket")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
@@ -476,7 +479,7 @@ impl AsyncUdpSocket for ImpairedSocket {
             ..
         } = &mut *state;
         // Everything the real socket has goes on the link now, split from GRO batches.
-        let mut metas = [RecvMeta::default(); SCRATCH.0];
+        let mut metas = [RecvMeta::default(); SCRATCH_BUFS];
         loop {
             let mut iovs: Vec<_> = scratch.iter_mut().map(|b| IoSliceMut::new(b)).collect();
             let n = match self.inner.poll_recv(cx, &mut iovs, &mut metas) {
@@ -498,13 +501,12 @@ impl AsyncUdpSocket for ImpairedSocket {
                 Ok(d) => {
                     let len = d.bytes.len().min(buf.len());
                     buf[..len].copy_from_slice(&d.bytes[..len]);
-                    let (addr, ecn, dst_ip) = (d.addr, d.ecn, d.local_ip);
                     *meta = RecvMeta {
-                        addr,
+                        addr: d.addr,
                         len,
                         stride: len,
-                        ecn,
-                        dst_ip,
+                        ecn: d.ecn,
+                        dst_ip: d.local_ip,
                     };
                     down.delivered(len);
                     n += 1;
@@ -903,6 +905,44 @@ mod tests {
         link.blackhole_downlink(false);
         let back = timeout(PATIENCE, reply).await???;
         assert!(back == data, "echo differs");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn datagrams_counted_one_by_one_and_steered() -> Fallible {
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let socket = ImpairedSocket::bind("127.0.0.1:0".parse()?, LinkConfig::clean())?;
+        let link = socket.handle();
+        let send = |contents: &[u8], segment_size| {
+            let destination = peer.local_addr().expect("peer address");
+            let t = Transmit {
+                destination,
+                ecn: None,
+                contents,
+                segment_size,
+                src_ip: None,
+            };
+            socket.try_send(&t)
+        };
+        // A GSO batch is three datagrams on the link, judged and delivered one by one.
+        send(b"abcdef", Some(2))?;
+        let mut buf = [0; 16];
+        for want in [b"ab", b"cd", b"ef"] {
+            let n = timeout(PATIENCE, peer.recv(&mut buf)).await??;
+            assert_eq!(&buf[..n], want);
+        }
+        link.set_loss(1.0);
+        send(b"lost", None)?;
+        link.set_loss(0.0);
+        link.outage_now(Duration::from_secs(60));
+        send(b"dark", None)?;
+        let up = link.stats().up;
+        assert_eq!((up.sent_datagrams, up.sent_bytes), (5, 14));
+        assert_eq!(
+            (up.dropped_loss, up.dropped_outage, up.in_flight),
+            (1, 1, 0)
+        );
+        assert_eq!((up.delivered_datagrams, up.delivered_bytes), (3, 6));
         Ok(())
     }
 
