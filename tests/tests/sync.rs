@@ -4,7 +4,7 @@
 use automerge::transaction::Transactable;
 use fieldsync_proto::Role;
 use fieldsync_proto::model::{FieldValue, Kind};
-use fieldsync_proto::protocol::{ClientMsg, Outcome, PROTOCOL_VERSION, PushDoc, ServerMsg};
+use fieldsync_proto::protocol::{Batch, ClientMsg, PROTOCOL_VERSION, PushDoc, ServerMsg};
 use fieldsync_tests::{TestServer, check_in_fields, text};
 
 fn survey_fields(village: &str) -> Vec<(&'static str, FieldValue)> {
@@ -172,21 +172,28 @@ async fn a_change_under_another_devices_actor_is_refused() {
         .flat_map(|c| c.raw_bytes().to_vec())
         .collect();
     let conn = v1.connect().await;
+    let id = *uuid::Uuid::now_v7().as_bytes();
     let msg = ClientMsg::Sync {
         version: PROTOCOL_VERSION,
-        push: vec![PushDoc {
-            id: *uuid::Uuid::now_v7().as_bytes(),
-            kind: Kind::CheckIn,
-            scope: "team:1".into(),
-            changes,
-        }],
-        cursors: vec![],
+        batch: Some(Batch {
+            id: 1,
+            docs: vec![PushDoc {
+                id,
+                kind: Kind::CheckIn,
+                scope: "team:1".into(),
+                changes,
+            }],
+        }),
+        pull: None,
     };
     let ServerMsg::SyncReply(reply) = conn.exchange(&msg).await.unwrap() else {
         panic!("expected a sync reply");
     };
-    match &reply.results[0].outcome {
-        Outcome::Refused { reason } => assert!(reason.contains("actor"), "{reason}"),
+    match reply.batch.as_ref().map(|a| a.refused.as_slice()) {
+        Some([refusal]) => {
+            assert_eq!(refusal.id, id);
+            assert!(refusal.reason.contains("actor"), "{}", refusal.reason)
+        }
         other => panic!("forged change accepted: {other:?}"),
     }
     conn.close().await;
@@ -216,8 +223,8 @@ async fn a_round_replayed_after_a_lost_acknowledgement_stores_nothing_twice() {
         .collect();
     let msg = ClientMsg::Sync {
         version: PROTOCOL_VERSION,
-        push,
-        cursors: vec![],
+        batch: Some(Batch { id: 1, docs: push }),
+        pull: None,
     };
     assert!(matches!(
         conn.exchange(&msg).await.unwrap(),

@@ -324,8 +324,9 @@ async def test_enrollment_errors(make_server, open_store):
         await phone.enroll(s.address, s.fingerprint, "NOTACODE23")
     with pytest.raises(Err.InvalidInput, match="fingerprint"):
         await phone.enroll(s.address, "not-hex", cluster.codes["zhang3"])
-    # A server whose certificate is not the pinned one is never talked to.
-    with pytest.raises(Err.Network):
+    # A server whose certificate is not the pinned one is never talked to, and the phone is
+    # told so (not "no signal"): trying again would not help.
+    with pytest.raises(Err.Certificate, match="certificate"):
         await phone.enroll(s.address, "00" * 32, cluster.codes["zhang3"])
     assert phone.enrollment() is None
     await phone.enroll(s.address, s.fingerprint, cluster.codes["zhang3"])

@@ -192,7 +192,7 @@ pub struct Batch {
 }
 
 /// What a device asks to pull.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pull {
     /// Where the device stands in each scope it has pulled before.
     pub cursors: Vec<Cursor>,

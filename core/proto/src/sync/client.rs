@@ -396,8 +396,8 @@ impl ClientRound {
     }
 }
 
-/// Splits pending documents into batches within `limits`, in order.
-fn split_batches(pending: Vec<Pending>, limits: BatchLimits) -> VecDeque<Vec<Pending>> {
+/// Splits pending documents into batches within `limits`, in order, as a round sends them.
+pub fn split_batches(pending: Vec<Pending>, limits: BatchLimits) -> VecDeque<Vec<Pending>> {
     let mut batches = VecDeque::new();
     let mut current: Vec<Pending> = Vec::new();
     let mut bytes = 0;

@@ -17,7 +17,7 @@ pub mod server;
 
 pub use client::{
     BatchLimits, ClientRound, Effect, Input, Pending, Progress, RoundDriver, RoundError,
-    RoundReport, RoundStart, drive_round,
+    RoundReport, RoundStart, drive_round, split_batches,
 };
 pub use merge::{COMPACT_AFTER_BYTES, Merged, StoredDoc, changes_for, merge_push};
 pub use retry::Backoff;

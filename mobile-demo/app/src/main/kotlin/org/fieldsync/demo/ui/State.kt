@@ -44,6 +44,8 @@ fun userMessage(e: FieldSyncException): String = when (e) {
         "No connection to the server. Everything is saved on this phone and will sync later."
     is FieldSyncException.Unauthorized ->
         "This phone is not (or no longer) enrolled on the server; ask the office for a new code. (${e.message})"
+    is FieldSyncException.Certificate ->
+        "The server did not prove it is the one this phone enrolled with (wrong fingerprint?). Nothing was sent; ask the office. (${e.message})"
     is FieldSyncException.NotEnrolled -> "Enroll this phone first."
     is FieldSyncException.Refused -> "The server refused: ${e.message}"
     is FieldSyncException.InvalidInput -> "Please check the form: ${e.message}"
