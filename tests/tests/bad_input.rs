@@ -994,12 +994,21 @@ async fn an_unknown_kind_is_refused() -> TestResult {
     let raw = h.raw(&mallory).await?;
     let doc = push_doc(Kind::CheckIn, "team:1", changes_of(&mut parade));
     let id = doc.id;
-    let mut body = postcard::to_stdvec(&sync_msg(vec![doc]))?;
-    // Sync variant, version 1, one document, its 16 id bytes, then the kind.
-    assert_eq!(&body[..3], &[1, 1, 1]);
-    assert_eq!(&body[3..19], &id);
-    assert_eq!(body[19], 0, "CheckIn is the first kind");
-    body[19] = Kind::ALL.len() as u8;
+    let msg = ClientMsg::Sync {
+        version: PROTOCOL_VERSION,
+        batch: Some(Batch {
+            id: 1,
+            docs: vec![doc],
+        }),
+        pull: None,
+    };
+    let mut body = postcard::to_stdvec(&msg)?;
+    // Sync variant, the version, a batch (Some) with id 1 and one document, its 16 id bytes,
+    // then the kind.
+    assert_eq!(&body[..5], &[1, PROTOCOL_VERSION as u8, 1, 1, 1]);
+    assert_eq!(&body[5..21], &id);
+    assert_eq!(body[21], 0, "CheckIn is the first kind");
+    body[21] = Kind::ALL.len() as u8;
     let m = expect_error(
         raw.send(&frame_with(0, &body)).await,
         ErrorCode::Malformed,

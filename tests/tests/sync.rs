@@ -286,7 +286,7 @@ async fn rounds_beyond_the_per_minute_limit_are_refused_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pull_larger_than_one_reply_arrives_in_several_fetches() {
+async fn a_pull_larger_than_one_reply_arrives_in_several_replies() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let limits = fieldsync_proto::protocol::Limits {
@@ -295,25 +295,41 @@ async fn a_pull_larger_than_one_reply_arrives_in_several_fetches() {
     };
     let mut server = TestServer::start_with(root, limits);
     let v1 = server.phone(root, "v1", Role::Volunteer, &["team:1"]).await;
+    // v2 has pulled the team before (it holds a cursor); v3 is a fresh phone.
     let v2 = server.phone(root, "v2", Role::Volunteer, &["team:1"]).await;
+    v2.sync().await.unwrap();
+    let v3 = server.phone(root, "v3", Role::Volunteer, &["team:1"]).await;
     for i in 0..200 {
         v1.check_in("team:1", &format!("第{i}次活动"));
     }
     assert_eq!(v1.sync().await.unwrap().sent, 200);
+
     let report = v2.sync().await.unwrap();
     assert_eq!(report.received, 200);
     assert!(
         report.exchanges >= 3,
-        "sync, then at least two fetches: {} exchanges",
+        "the list of heads, then at least two fetches: {} exchanges",
         report.exchanges
     );
     assert_eq!(v2.records(), server.records());
-    let again = v2.sync().await.unwrap();
-    assert_eq!(
-        (again.received, again.exchanges),
-        (0, 1),
-        "cursors stored after the last page"
+
+    let fresh = v3.sync().await.unwrap();
+    assert_eq!(fresh.received, 200);
+    assert!(
+        fresh.exchanges >= 2,
+        "whole documents, paged over at least two replies: {} exchanges",
+        fresh.exchanges
     );
+    assert_eq!(v3.records(), server.records());
+
+    for phone in [&v2, &v3] {
+        let again = phone.sync().await.unwrap();
+        assert_eq!(
+            (again.received, again.exchanges),
+            (0, 1),
+            "cursors stored after the last page"
+        );
+    }
     server.running.take().unwrap().stop().await;
 }
 
