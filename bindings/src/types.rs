@@ -70,7 +70,7 @@ impl From<RecordView> for FieldRecord {
     fn from(v: RecordView) -> Self {
         FieldRecord {
             id: v.id,
-            kind: v.kind,
+            kind: v.kind.as_str().to_string(),
             scope: v.scope,
             fields: v.fields.into_iter().map(|(k, v)| (k, v.into())).collect(),
             conflicts: v
@@ -151,7 +151,7 @@ impl From<EnrollmentInfo> for Enrollment {
             user_id: e.user_id,
             user_name: e.user_name,
             role: e.role.into(),
-            scopes: e.scopes,
+            scopes: e.scopes.into_iter().map(String::from).collect(),
         }
     }
 }

@@ -94,7 +94,11 @@ fn columns(kind: Option<Kind>) -> Vec<String> {
 }
 
 fn row(view: &RecordView, columns: &[String]) -> Vec<String> {
-    let mut row = vec![view.id.clone(), view.kind.clone(), view.scope.clone()];
+    let mut row = vec![
+        view.id.clone(),
+        view.kind.as_str().to_string(),
+        view.scope.clone(),
+    ];
     row.extend(columns.iter().map(|c| {
         view.fields
             .get(c)

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use fieldsync_proto::Role;
 use fieldsync_proto::model::Kind;
+use fieldsync_proto::{Role, Scope};
 use fieldsync_server::export::{self, Format};
 use fieldsync_server::store::User;
 use fieldsync_server::{DataDir, DataError, ServeOptions, auth};
@@ -69,7 +69,7 @@ enum Command {
         role: RoleArg,
         /// A scope the user reads and writes (`team:<id>` or `village:<id>`); repeatable.
         #[arg(long = "scope")]
-        scopes: Vec<String>,
+        scopes: Vec<Scope>,
         /// How long the code stays valid: e.g. 30m, 24h, 7d.
         #[arg(long, default_value = "24h")]
         expires: String,
@@ -93,7 +93,7 @@ enum Command {
         #[arg(long)]
         kind: Option<String>,
         #[arg(long)]
-        scope: Option<String>,
+        scope: Option<Scope>,
         #[arg(long, value_enum)]
         format: FormatArg,
     },
@@ -262,8 +262,8 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            export::export(&dir.store, kind, scope.as_deref(), format, &mut out)
-                .map_err(|e| e.to_string())?;
+            let scope = scope.as_ref().map(Scope::as_str);
+            export::export(&dir.store, kind, scope, format, &mut out).map_err(|e| e.to_string())?;
             std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
             Ok(())
         }

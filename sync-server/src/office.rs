@@ -9,8 +9,10 @@
 
 use std::collections::BTreeMap;
 
+use fieldsync_proto::ScopeLevel;
 use fieldsync_proto::access::{DeviceCtx, Role};
-use fieldsync_proto::model::{self, FieldValue, Kind};
+use fieldsync_proto::hours::Tally;
+use fieldsync_proto::model::{self, FieldValue, Kind, Status};
 use fieldsync_proto::protocol::{Outcome, PushDoc};
 use fieldsync_proto::record::{Record, RecordView};
 use serde::Serialize;
@@ -44,30 +46,18 @@ pub enum OfficeError {
     Store(#[from] StoreError),
 }
 
-/// An office verdict on a check-in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Confirmed,
-    Rejected,
+/// Reads an office verdict on a check-in: a status other than `submitted`.
+pub fn verdict(s: &str) -> Result<Status, OfficeError> {
+    match s.parse() {
+        Ok(status) if status != Status::Submitted => Ok(status),
+        _ => Err(not_a_verdict(s)),
+    }
 }
 
-impl Verdict {
-    pub fn parse(s: &str) -> Result<Verdict, OfficeError> {
-        match s {
-            "confirmed" => Ok(Verdict::Confirmed),
-            "rejected" => Ok(Verdict::Rejected),
-            other => Err(OfficeError::Invalid(format!(
-                "status must be `confirmed` or `rejected`, not `{other}`"
-            ))),
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Confirmed => "confirmed",
-            Verdict::Rejected => "rejected",
-        }
-    }
+fn not_a_verdict(s: &str) -> OfficeError {
+    OfficeError::Invalid(format!(
+        "status must be `confirmed` or `rejected`, not `{s}`"
+    ))
 }
 
 /// The Automerge actor of an office user's changes: 16 bytes of SHA-256 over a fixed prefix
@@ -78,20 +68,21 @@ pub fn office_actor(user_id: &str) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, &input).as_ref()[..16].to_vec()
 }
 
-/// Confirms or rejects a check-in on behalf of `user`, with a note.
+/// Confirms or rejects a check-in on behalf of `user`, with a note; `verdict` is not
+/// `submitted` (a review cannot send a check-in back).
 pub fn review(
     shared: &Shared,
     user: &User,
     id: Uuid,
-    verdict: Verdict,
+    verdict: Status,
     note: &str,
     now: i64,
 ) -> Result<RecordView, OfficeError> {
+    if verdict == Status::Submitted {
+        return Err(not_a_verdict(verdict.as_str()));
+    }
     let fields = vec![
-        (
-            "status".to_string(),
-            FieldValue::Text(verdict.as_str().into()),
-        ),
+        ("status".to_string(), verdict.value()),
         (
             "review_note".to_string(),
             FieldValue::Text(note.to_string()),
@@ -195,7 +186,7 @@ fn change(
 pub struct RecordFilter {
     pub kind: Option<Kind>,
     pub scope: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<Status>,
     /// First day (`YYYY-MM-DD`) of the record's date: `started_at`, `visited_at`.
     pub from: Option<String>,
     /// Last day, inclusive.
@@ -208,7 +199,7 @@ pub struct RecordFilter {
 
 impl RecordFilter {
     pub fn matches(&self, view: &RecordView) -> bool {
-        if self.kind.is_some_and(|k| k.as_str() != view.kind)
+        if self.kind.is_some_and(|k| k != view.kind)
             || self.scope.as_ref().is_some_and(|s| *s != view.scope)
             || (self.conflicted && view.conflicts.is_empty())
         {
@@ -318,7 +309,8 @@ pub fn hours(
             "month must look like 2026-11, not `{m}`"
         )));
     }
-    let mut rows: BTreeMap<(String, String), HoursRow> = BTreeMap::new();
+    // (key, month) → (name, tally)
+    let mut rows: BTreeMap<(String, String), (String, Tally)> = BTreeMap::new();
     store.for_each_record(Some(Kind::CheckIn), None, |view| {
         let Some(row_month) = view.text("started_at").and_then(|s| s.get(..7)) else {
             return Ok(());
@@ -336,37 +328,22 @@ pub fn hours(
                 view.text("team").unwrap_or_default().to_string(),
             ),
         };
-        let hours = match view.field("hours") {
-            Some(FieldValue::Number(h)) => *h,
-            _ => 0.0,
-        };
-        let row = rows
-            .entry((key.clone(), row_month.to_string()))
-            .or_insert_with(|| HoursRow {
-                key,
-                name,
-                month: row_month.to_string(),
-                confirmed: 0.0,
-                pending: 0.0,
-                rejected: 0.0,
-                check_ins: 0,
-            });
-        match view.text("status") {
-            Some("confirmed") => row.confirmed += hours,
-            Some("rejected") => row.rejected += hours,
-            _ => row.pending += hours,
-        }
-        row.check_ins += 1;
+        rows.entry((key, row_month.to_string()))
+            .or_insert_with(|| (name, Tally::default()))
+            .1
+            .add_view(&view);
         Ok(())
     })?;
-    let round = |h: f64| (h * 100.0).round() / 100.0;
     Ok(rows
-        .into_values()
-        .map(|r| HoursRow {
-            confirmed: round(r.confirmed),
-            pending: round(r.pending),
-            rejected: round(r.rejected),
-            ..r
+        .into_iter()
+        .map(|((key, month), (name, tally))| HoursRow {
+            key,
+            name,
+            month,
+            confirmed: tally.hours(Status::Confirmed),
+            pending: tally.hours(Status::Submitted),
+            rejected: tally.hours(Status::Rejected),
+            check_ins: tally.check_ins(),
         })
         .collect())
 }
@@ -397,7 +374,7 @@ pub struct VillageRow {
 pub fn villages(store: &ServerStore) -> Result<Vec<VillageRow>, StoreError> {
     let mut rows: BTreeMap<String, VillageRow> = BTreeMap::new();
     store.for_each_record(None, None, |view| {
-        if !view.scope.starts_with(Kind::VillageSurvey.scope_prefix()) {
+        if view.kind.scope_level() != ScopeLevel::Village {
             return Ok(());
         }
         let row = rows
@@ -415,16 +392,16 @@ pub fn villages(store: &ServerStore) -> Result<Vec<VillageRow>, StoreError> {
         {
             row.village = name.to_string();
         }
-        match view.kind.as_str() {
+        match view.kind {
             // Ids are UUIDv7 and come in creation order, so the last survey seen is the latest.
-            "village_survey" => {
+            Kind::VillageSurvey => {
                 row.conflicts = view.conflicts.keys().cloned().collect();
                 if let Some(name) = view.text("village") {
                     row.village = name.to_string();
                 }
                 row.survey = Some(view);
             }
-            "village_visit" => {
+            Kind::VillageVisit => {
                 row.visits += 1;
                 if let Some(at) = view.text("visited_at")
                     && row.last_visit.as_deref().is_none_or(|last| at > last)
@@ -432,7 +409,7 @@ pub fn villages(store: &ServerStore) -> Result<Vec<VillageRow>, StoreError> {
                     row.last_visit = Some(at.to_string());
                 }
             }
-            _ => {}
+            Kind::CheckIn => {}
         }
         Ok(())
     })?;

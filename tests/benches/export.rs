@@ -122,7 +122,7 @@ fn fill(dir: &DataDir, n: usize) -> Result<(), Box<dyn std::error::Error>> {
                 actor: actor.to_vec(),
                 user_id: user.clone(),
                 role: Role::Volunteer,
-                scopes: vec![format!("team:{team}")],
+                scopes: vec![format!("team:{team}").parse().expect("scope")],
             };
             let mut push = Vec::new();
             for _ in 0..(BATCH / 100).min(n - made) {

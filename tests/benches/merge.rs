@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         actor: vec![3u8; 16],
         user_id: "u1".into(),
         role: Role::Volunteer,
-        scopes: vec!["team:1".into()],
+        scopes: vec!["team:1".parse().expect("scope")],
     };
     let fields: Vec<(String, FieldValue)> = [
         ("volunteer_id", "u1"),

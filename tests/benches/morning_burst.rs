@@ -169,14 +169,14 @@ fn run() -> BenchResult<bool> {
             id: format!("vol-{i:04}"),
             name: format!("志愿者{i:04}"),
             role: Role::Volunteer,
-            scopes: vec![format!("team:{}", i % teams)],
+            scopes: vec![format!("team:{}", i % teams).parse().expect("scope")],
         })
         .collect();
     users.push(User {
         id: "vol-idle".into(),
         name: "空闲设备".into(),
         role: Role::Volunteer,
-        scopes: vec!["team:idle".into()],
+        scopes: vec!["team:idle".parse().expect("scope")],
     });
     let server_dir = root.path().join("server");
     let (server, codes) = if args.server_process {

@@ -105,7 +105,7 @@ impl TestServer {
             id: user.to_string(),
             name: format!("用户{user}"),
             role,
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            scopes: scopes.iter().map(|s| s.parse().expect("scope")).collect(),
         };
         self.dir
             .store

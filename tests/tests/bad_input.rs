@@ -60,7 +60,7 @@ fn volunteer() -> User {
         id: "u1".into(),
         name: "张三".into(),
         role: Role::Volunteer,
-        scopes: vec!["team:1".into()],
+        scopes: vec!["team:1".parse().expect("scope")],
     }
 }
 
@@ -1165,7 +1165,7 @@ async fn an_unknown_device_is_unauthorized() -> TestResult {
         user_id: "u1".into(),
         user_name: "张三".into(),
         role: Role::Volunteer,
-        scopes: vec!["team:1".into()],
+        scopes: vec!["team:1".parse().expect("scope")],
     })?;
     stranger.create(Kind::CheckIn, "team:1", &good_fields("冒充"))?;
     match within("forged sync", client::sync(&stranger, &mut |_| {})).await {
@@ -1292,7 +1292,7 @@ async fn expired_reused_and_unknown_codes_are_refused() -> TestResult {
             id: "u2".into(),
             name: "李四".into(),
             role: Role::Volunteer,
-            scopes: vec!["team:1".into()],
+            scopes: vec!["team:1".parse().expect("scope")],
         },
         "OLD",
         unix_now() - 60,

@@ -95,7 +95,7 @@ async fn failed_commits_acknowledge_nothing_and_lose_nothing() {
         id: "v1".into(),
         name: "张三".into(),
         role: Role::Volunteer,
-        scopes: vec!["team:1".into()],
+        scopes: vec!["team:1".parse().expect("scope")],
     };
     store
         .create_code(&user, "CODE", chrono::Utc::now().timestamp() + 600)

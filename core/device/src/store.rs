@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::tls::{self, KeyAndCert};
+use fieldsync_proto::Scope;
 use fieldsync_proto::access::Role;
-use fieldsync_proto::model::{FieldValue, Kind};
+use fieldsync_proto::hours::Tally;
+use fieldsync_proto::model::{self, FieldValue, Kind, Status};
 use fieldsync_proto::protocol::{Changed, Cursor, DocData, DocId, Hash, PushDoc};
 use fieldsync_proto::record::{HistoryEntry, Record, RecordError, RecordView};
 use fieldsync_proto::sync::Pending;
@@ -91,7 +93,7 @@ pub struct EnrollmentInfo {
     pub user_id: String,
     pub user_name: String,
     pub role: Role,
-    pub scopes: Vec<String>,
+    pub scopes: Vec<Scope>,
 }
 
 /// A volunteer check-in as entered on the phone.
@@ -235,27 +237,24 @@ impl DeviceStore {
     pub fn check_in(&self, form: &CheckInForm) -> Result<RecordView, StoreError> {
         let info = self.enrollment()?.ok_or(StoreError::NotEnrolled)?;
         let scope = match &form.scope {
-            Some(s) => s.clone(),
+            Some(s) => model::check_scope(Kind::CheckIn, s).map_err(RecordError::from)?,
             None => info
                 .scopes
                 .iter()
-                .find(|s| s.starts_with("team:"))
+                .find(|s| s.level() == Kind::CheckIn.scope_level())
                 .cloned()
                 .ok_or(StoreError::NoTeamScope)?,
         };
-        let team = scope
-            .split_once(':')
-            .map(|(_, t)| t.to_string())
-            .unwrap_or_default();
+        let team = scope.id();
         let text = |name: &str, v: &str| (name.to_string(), FieldValue::Text(v.to_string()));
         let mut fields = vec![
             text("volunteer_id", &info.user_id),
             text("volunteer_name", &info.user_name),
-            text("team", &team),
+            text("team", team),
             text("activity", &form.activity),
             text("place", &form.place),
             text("started_at", &form.started_at),
-            text("status", "submitted"),
+            ("status".to_string(), Status::Submitted.value()),
             text("device_time", &chrono::Local::now().to_rfc3339()),
         ];
         let optional = [
@@ -270,7 +269,7 @@ impl DeviceStore {
                 .into_iter()
                 .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
         );
-        self.create(Kind::CheckIn, &scope, &fields)
+        self.create(Kind::CheckIn, scope.as_str(), &fields)
     }
 
     /// The enrolled user's check-in hours on this device, by review status.
@@ -279,36 +278,21 @@ impl DeviceStore {
     /// the office's verdicts as far as the last sync brought them.
     pub fn my_hours(&self) -> Result<HoursSummary, StoreError> {
         let info = self.enrollment()?.ok_or(StoreError::NotEnrolled)?;
-        let mut sum = HoursSummary::default();
+        let mut tally = Tally::default();
         for view in self.list(Some(Kind::CheckIn), None)? {
-            if view.text("volunteer_id") != Some(info.user_id.as_str()) {
-                continue;
-            }
-            let Some(FieldValue::Number(hours)) = view.field("hours").cloned() else {
-                sum.open += 1;
-                continue;
-            };
-            match view.text("status") {
-                Some("confirmed") => {
-                    sum.confirmed += 1;
-                    sum.confirmed_hours += hours;
-                }
-                Some("rejected") => {
-                    sum.rejected += 1;
-                    sum.rejected_hours += hours;
-                }
-                _ => {
-                    sum.submitted += 1;
-                    sum.submitted_hours += hours;
-                }
+            if view.text("volunteer_id") == Some(info.user_id.as_str()) {
+                tally.add_view(&view);
             }
         }
-        // Sums of hundredths drift in binary floating point: keep them at hundredths.
-        let round = |h: f64| (h * 100.0).round() / 100.0;
-        sum.confirmed_hours = round(sum.confirmed_hours);
-        sum.submitted_hours = round(sum.submitted_hours);
-        sum.rejected_hours = round(sum.rejected_hours);
-        Ok(sum)
+        Ok(HoursSummary {
+            confirmed_hours: tally.hours(Status::Confirmed),
+            submitted_hours: tally.hours(Status::Submitted),
+            rejected_hours: tally.hours(Status::Rejected),
+            confirmed: tally.count(Status::Confirmed),
+            submitted: tally.count(Status::Submitted),
+            rejected: tally.count(Status::Rejected),
+            open: tally.open(),
+        })
     }
 
     /// Edits a record as one durable write; returns its projection.
@@ -365,9 +349,7 @@ impl DeviceStore {
         let mut out = Vec::new();
         for entry in views.iter()? {
             let view = decode_view(entry?.1.value())?;
-            if kind.is_some_and(|k| k.as_str() != view.kind)
-                || scope.is_some_and(|s| s != view.scope)
-            {
+            if kind.is_some_and(|k| k != view.kind) || scope.is_some_and(|s| s != view.scope) {
                 continue;
             }
             out.push(view);
@@ -653,7 +635,7 @@ mod tests {
                 user_id: user.into(),
                 user_name: format!("name of {user}"),
                 role: Role::Volunteer,
-                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                scopes: scopes.iter().map(|s| s.parse().unwrap()).collect(),
             })
             .unwrap();
     }

@@ -322,7 +322,7 @@ fn peer(dir: &std::path::Path, name: &str, role: Role, scopes: &[&str]) -> Peer 
             actor,
             user_id: name.to_string(),
             role,
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            scopes: scopes.iter().map(|s| s.parse().expect("scope")).collect(),
         },
         store,
         next_batch: std::cell::Cell::new(1),

@@ -9,7 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FieldValue, Kind};
+use crate::model::{FieldValue, Kind, Status};
+use crate::scope::Scope;
 
 /// What a user may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,7 +75,7 @@ pub struct DeviceCtx {
     /// The user's role, from the server's tables.
     pub role: Role,
     /// The scopes the user may read and write (`team:<id>`, `village:<id>`).
-    pub scopes: Vec<String>,
+    pub scopes: Vec<Scope>,
 }
 
 impl DeviceCtx {
@@ -127,7 +128,7 @@ pub fn check_write(
             for field in touched {
                 let submitting = before.is_none()
                     && field == "status"
-                    && after.get("status") == Some(&vec![FieldValue::Text("submitted".into())]);
+                    && after.get("status") == Some(&vec![Status::Submitted.value()]);
                 if REVIEW_FIELDS.contains(&field) && !submitting {
                     return Err(format!("a volunteer may not set `{field}`"));
                 }
@@ -174,7 +175,7 @@ mod tests {
             actor: vec![1; 16],
             user_id: "u1".into(),
             role,
-            scopes: vec!["team:1".into(), "village:9".into()],
+            scopes: vec!["team:1".parse().unwrap(), "village:9".parse().unwrap()],
         }
     }
 

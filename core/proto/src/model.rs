@@ -17,6 +17,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::scope::{Scope, ScopeLevel};
+
 /// The value of one field, in the form it is shown outside (CLI, exports, bindings).
 ///
 /// Serialised as the plain JSON value. Deserialised by a visitor rather than serde's untagged
@@ -147,7 +149,12 @@ impl fmt::Display for FieldType {
 }
 
 /// The record kinds fieldsync knows.
+///
+/// Serialised as its name (`check_in`, …) in JSON, the form of `RecordView`'s `kind` in
+/// projections, exports and the API; postcard (wire messages, the server's index) encodes the
+/// variant's index, which renaming does not touch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A volunteer's check-in (志愿服务签到), in a `team:<id>` scope.
     CheckIn,
@@ -179,30 +186,38 @@ impl Kind {
         }
     }
 
-    /// The scope prefix records of this kind live under (`team` or `village`).
-    pub fn scope_prefix(self) -> &'static str {
+    /// The level of the scopes records of this kind live in (`team` or `village`).
+    pub fn scope_level(self) -> ScopeLevel {
         match self {
-            Kind::CheckIn => "team",
-            Kind::VillageVisit | Kind::VillageSurvey => "village",
+            Kind::CheckIn => ScopeLevel::Team,
+            Kind::VillageVisit | Kind::VillageSurvey => ScopeLevel::Village,
         }
     }
 }
 
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// Shows an enum with `ALL` and `as_str` by its name and reads it back by name; any other text
+/// is refused as `ValidationError::$refused(text)`.
+macro_rules! by_name {
+    ($ty:ident, $refused:ident) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = ValidationError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $ty::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| ValidationError::$refused(s.to_string()))
+            }
+        }
+    };
 }
 
-impl FromStr for Kind {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| ValidationError::UnknownKind(s.to_string()))
-    }
-}
+by_name!(Kind, UnknownKind);
 
 /// A name shown to people, in the two languages of the office dashboard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -366,8 +381,40 @@ pub static VILLAGE_SURVEY: Schema = Schema {
 /// The root keys every record document holds besides its fields.
 pub const HEADER_KEYS: [&str; 3] = ["kind", "schema", "scope"];
 
-/// Check-in statuses.
-pub const STATUSES: [&str; 3] = ["submitted", "confirmed", "rejected"];
+/// A check-in's review status, stored as its name in the text field `status`.
+///
+/// A phone writes `submitted` when it records a check-in; office staff set `confirmed` or
+/// `rejected` when they review it ([`crate::access`] keeps volunteers to `submitted`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Status {
+    /// Recorded on a phone, waiting for review (待审核).
+    Submitted,
+    /// Confirmed by office staff (已确认): the hours count.
+    Confirmed,
+    /// Rejected by office staff (已驳回): the hours count nowhere.
+    Rejected,
+}
+
+impl Status {
+    /// Every status, in the order filters and tables show them.
+    pub const ALL: [Status; 3] = [Status::Submitted, Status::Confirmed, Status::Rejected];
+
+    /// The status's name as stored in the `status` field (`submitted`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Submitted => "submitted",
+            Status::Confirmed => "confirmed",
+            Status::Rejected => "rejected",
+        }
+    }
+
+    /// The value of the `status` field that records this status.
+    pub fn value(self) -> FieldValue {
+        FieldValue::Text(self.as_str().to_string())
+    }
+}
+
+by_name!(Status, BadStatus);
 
 /// Why a record or a value is not acceptable.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -376,14 +423,14 @@ pub enum ValidationError {
     #[error("unknown kind `{0}` (known: check_in, village_visit, village_survey)")]
     UnknownKind(String),
     /// The scope is not `team:<id>` or `village:<id>` as the kind requires.
-    #[error("scope `{scope}` is not valid for {kind}: expected `{prefix}:<id>`")]
+    #[error("scope `{scope}` is not valid for {kind}: expected `{level}:<id>`")]
     BadScope {
         /// The record's kind.
         kind: Kind,
         /// The scope given.
         scope: String,
-        /// The scope prefix the kind needs.
-        prefix: &'static str,
+        /// The scope level the kind needs.
+        level: ScopeLevel,
     },
     /// A value does not have the field's type.
     #[error("field `{field}` must be {expected}, got {got}")]
@@ -412,15 +459,15 @@ pub enum ValidationError {
     Malformed(String),
 }
 
-/// Checks that `scope` is a valid scope for `kind`.
-pub fn check_scope(kind: Kind, scope: &str) -> Result<(), ValidationError> {
-    let prefix = kind.scope_prefix();
-    match scope.split_once(':') {
-        Some((p, id)) if p == prefix && !id.is_empty() && id.len() <= 128 => Ok(()),
+/// Checks that `scope` is a valid scope for `kind`, and returns it parsed.
+pub fn check_scope(kind: Kind, scope: &str) -> Result<Scope, ValidationError> {
+    let level = kind.scope_level();
+    match scope.parse::<Scope>() {
+        Ok(parsed) if parsed.level() == level => Ok(parsed),
         _ => Err(ValidationError::BadScope {
             kind,
             scope: scope.to_string(),
-            prefix,
+            level,
         }),
     }
 }
@@ -521,7 +568,7 @@ pub fn derive_hours(started_at: &str, ended_at: &str) -> Option<f64> {
     let start = parse_timestamp(started_at)?;
     let end = parse_timestamp(ended_at)?;
     let ms = (end - start).num_milliseconds();
-    (ms >= 0).then(|| (ms as f64 / 3_600_000.0 * 100.0).round() / 100.0)
+    (ms >= 0).then(|| crate::hours::round(ms as f64 / 3_600_000.0))
 }
 
 /// Validates the whole set of current field values of a record of `kind`.
@@ -541,9 +588,8 @@ pub fn validate_record(
                     check_value(spec, v)?;
                     if spec.name == "status"
                         && let FieldValue::Text(s) = v
-                        && !STATUSES.contains(&s.as_str())
                     {
-                        return Err(ValidationError::BadStatus(s.clone()));
+                        s.parse::<Status>()?;
                     }
                 }
             }
@@ -581,6 +627,18 @@ mod tests {
     }
 
     #[test]
+    fn statuses_round_trip_and_others_are_refused() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>(), Ok(s));
+            assert_eq!(s.value(), FieldValue::Text(s.to_string()));
+        }
+        assert_eq!(
+            "approved".parse::<Status>().unwrap_err().to_string(),
+            "status must be one of submitted, confirmed, rejected; got `approved`"
+        );
+    }
+
+    #[test]
     fn every_field_has_a_label_and_only_survey_fields_are_indicators() {
         for kind in Kind::ALL {
             for spec in kind.schema().fields {
@@ -602,6 +660,14 @@ mod tests {
         assert!(check_scope(Kind::CheckIn, "team:7").is_ok());
         assert!(check_scope(Kind::CheckIn, "village:7").is_err());
         assert!(check_scope(Kind::VillageSurvey, "village:").is_err());
+        assert_eq!(
+            check_scope(Kind::CheckIn, "village:7")
+                .unwrap_err()
+                .to_string(),
+            "scope `village:7` is not valid for check_in: expected `team:<id>`"
+        );
+        let scope = check_scope(Kind::VillageVisit, "village:a:b").unwrap();
+        assert_eq!((scope.level(), scope.id()), (ScopeLevel::Village, "a:b"));
     }
 
     #[test]

@@ -155,8 +155,9 @@ pub struct Enrollment {
     pub user_name: String,
     /// The user's role.
     pub role: crate::access::Role,
-    /// The scopes the user may read and write.
-    pub scopes: Vec<String>,
+    /// The scopes the user may read and write: from the server's own tables, so typed (they
+    /// encode exactly as strings).
+    pub scopes: Vec<crate::scope::Scope>,
 }
 
 /// One document's new local changes.

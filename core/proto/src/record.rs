@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::model::{self, FieldValue, HEADER_KEYS, Kind, ValidationError};
+use crate::scope::Scope;
 
 /// A record as shown outside: `{"id", "kind", "scope", "fields", "conflicts"}`.
 ///
@@ -22,8 +23,8 @@ use crate::model::{self, FieldValue, HEADER_KEYS, Kind, ValidationError};
 pub struct RecordView {
     /// The record's UUID, hyphenated.
     pub id: String,
-    /// The record's kind (`check_in`, `village_visit`, `village_survey`).
-    pub kind: String,
+    /// The record's kind, serialised as its name (`check_in`, `village_visit`, `village_survey`).
+    pub kind: Kind,
     /// The record's scope (`team:<id>`, `village:<id>`).
     pub scope: String,
     /// Each field's current value (the winning one where values conflict).
@@ -109,7 +110,7 @@ pub enum RecordError {
 pub struct Record {
     id: Uuid,
     kind: Kind,
-    scope: String,
+    scope: Scope,
     doc: AutoCommit,
 }
 
@@ -122,15 +123,15 @@ impl Record {
         fields: &[(String, FieldValue)],
         time: i64,
     ) -> Result<Record, RecordError> {
-        model::check_scope(kind, scope)?;
+        let scope = model::check_scope(kind, scope)?;
         let mut doc = AutoCommit::new().with_actor(actor);
         doc.put(automerge::ROOT, "kind", kind.as_str())?;
         doc.put(automerge::ROOT, "schema", kind.schema().id())?;
-        doc.put(automerge::ROOT, "scope", scope)?;
+        doc.put(automerge::ROOT, "scope", scope.as_str())?;
         let mut record = Record {
             id: Uuid::now_v7(),
             kind,
-            scope: scope.to_string(),
+            scope,
             doc,
         };
         record.write_fields(fields)?;
@@ -158,8 +159,7 @@ impl Record {
             }
         };
         let kind: Kind = header("kind")?.parse()?;
-        let scope = header("scope")?;
-        model::check_scope(kind, &scope)?;
+        let scope = model::check_scope(kind, &header("scope")?)?;
         Ok(Record {
             id,
             kind,
@@ -180,7 +180,7 @@ impl Record {
 
     /// The record's scope, fixed at creation.
     pub fn scope(&self) -> &str {
-        &self.scope
+        self.scope.as_str()
     }
 
     /// The Automerge document, for merging and history.
@@ -283,8 +283,8 @@ impl Record {
         }
         RecordView {
             id: self.id.to_string(),
-            kind: self.kind.as_str().to_string(),
-            scope: self.scope.clone(),
+            kind: self.kind,
+            scope: self.scope.to_string(),
             fields,
             conflicts,
         }
@@ -475,6 +475,30 @@ mod tests {
         );
         assert_eq!(a.heads(), heads);
         assert!(!a.view().unwrap().fields.contains_key("licensed_doctors"));
+    }
+
+    /// Projections in both stores are JSON of `RecordView`: a typed `kind` keeps its bytes, so
+    /// projections written when `kind` was text read back, and new ones are the same text.
+    #[test]
+    fn a_view_is_the_same_json_with_a_typed_kind() {
+        let id = "0190f0c4-0000-7000-8000-000000000000";
+        let json = format!(
+            r#"{{"id":"{id}","kind":"village_survey","scope":"village:1","fields":{{"village":"大坪村"}},"conflicts":{{}}}}"#
+        );
+        let view: RecordView = serde_json::from_str(&json).unwrap();
+        assert_eq!(view.kind, Kind::VillageSurvey);
+        assert_eq!(serde_json::to_string(&view).unwrap(), json);
+        for kind in Kind::ALL {
+            assert_eq!(
+                serde_json::to_string(&kind).unwrap(),
+                format!("\"{}\"", kind.as_str())
+            );
+        }
+        assert!(
+            serde_json::from_str::<RecordView>(&json.replace("village_survey", "parade")).is_err()
+        );
+        // postcard (wire messages, the server's index) encodes a kind by its variant index.
+        assert_eq!(postcard::to_stdvec(&Kind::VillageSurvey).unwrap(), vec![2]);
     }
 
     #[test]

@@ -191,7 +191,7 @@ mod tests {
             id: "w1".into(),
             name: "王五".into(),
             role: Role::Village,
-            scopes: vec!["village:1".into()],
+            scopes: vec!["village:1".parse().expect("scope")],
         };
         let mut ctxs = Vec::new();
         for (i, device) in devices.iter().enumerate() {

@@ -4,6 +4,7 @@
 //! records change every round; an enrollment consumes its code and adds the device in one
 //! durable transaction so a code can never enroll two phones.
 
+use fieldsync_proto::Scope;
 use fieldsync_proto::access::{DeviceCtx, Role};
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,7 @@ pub struct User {
     pub id: String,
     pub name: String,
     pub role: Role,
-    pub scopes: Vec<String>,
+    pub scopes: Vec<Scope>,
 }
 
 /// An enrolled phone; its id is the hex of its public key, which is also its Automerge actor.

@@ -177,7 +177,7 @@ mod tests {
             id: "u1".into(),
             name: "李四".into(),
             role: Role::Volunteer,
-            scopes: vec!["team:t1".into()],
+            scopes: vec!["team:t1".parse()?],
         };
         let id = Uuid::now_v7();
         let view = serde_json::json!({

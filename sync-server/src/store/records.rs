@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use fieldsync_proto::Scope;
 use fieldsync_proto::access::DeviceCtx;
 use fieldsync_proto::model::Kind;
 use fieldsync_proto::protocol::{
@@ -101,9 +102,7 @@ impl ServerStore {
         let views = tx.open_table(VIEWS)?;
         for entry in views.iter()? {
             let view = entry?.1.value().decode()?;
-            if kind.is_some_and(|k| k.as_str() != view.kind)
-                || scope.is_some_and(|s| s != view.scope)
-            {
+            if kind.is_some_and(|k| k != view.kind) || scope.is_some_and(|s| s != view.scope) {
                 continue;
             }
             f(view)?;
@@ -209,7 +208,7 @@ impl ServerStore {
                 .map(|e| e.map(|(k, _)| k.value().to_string()))
                 .collect::<Result<_, _>>()?
         } else {
-            ctx.scopes.clone()
+            ctx.scopes.iter().map(Scope::to_string).collect()
         };
         let mut out = Changes::default();
         let mut bytes = 0;

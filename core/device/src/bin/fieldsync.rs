@@ -10,6 +10,7 @@ use fieldsync_device::client;
 use fieldsync_device::store::{CheckInForm, DeviceStore};
 use fieldsync_proto::model::{self, FieldValue, Kind};
 use fieldsync_proto::record::RecordView;
+use fieldsync_proto::scope::{self, Scope};
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -57,13 +58,13 @@ enum Command {
         note: Option<String>,
         /// Defaults to the user's first team scope.
         #[arg(long)]
-        scope: Option<String>,
+        scope: Option<Scope>,
     },
     /// Create a record of any kind.
     New {
         kind: String,
         #[arg(long)]
-        scope: String,
+        scope: Scope,
         /// FIELD=VALUE pairs; VALUE is parsed by the field's type, JSON accepted for any.
         fields: Vec<String>,
     },
@@ -82,7 +83,7 @@ enum Command {
         #[arg(long)]
         kind: Option<String>,
         #[arg(long)]
-        scope: Option<String>,
+        scope: Option<Scope>,
         #[arg(long)]
         json: bool,
     },
@@ -122,7 +123,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 info.user_id,
                 info.user_name,
                 info.role,
-                info.scopes.join(", ")
+                scope::join(&info.scopes, ", ")
             );
         }
         Command::Checkin {
@@ -145,7 +146,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 lon,
                 accuracy_m: accuracy,
                 note,
-                scope,
+                scope: scope.map(String::from),
             };
             let view = store.check_in(&form).map_err(|e| err(&e))?;
             println!("{}", view.id);
@@ -157,7 +158,9 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let kind: Kind = kind.parse().map_err(|e| err(&e))?;
             let fields = parse_fields(kind, &fields)?;
-            let view = store.create(kind, &scope, &fields).map_err(|e| err(&e))?;
+            let view = store
+                .create(kind, scope.as_str(), &fields)
+                .map_err(|e| err(&e))?;
             println!("{}", view.id);
         }
         Command::Set { id, fields } => {
@@ -165,8 +168,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .get(id)
                 .map_err(|e| err(&e))?
                 .ok_or(format!("no record {id}"))?;
-            let kind: Kind = view.kind.parse().map_err(|e| err(&e))?;
-            let fields = parse_fields(kind, &fields)?;
+            let fields = parse_fields(view.kind, &fields)?;
             let view = store.update(id, &fields).map_err(|e| err(&e))?;
             println!("{}", view.id);
         }
@@ -190,7 +192,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map(|k| k.parse::<Kind>())
                 .transpose()
                 .map_err(|e| err(&e))?;
-            let views = store.list(kind, scope.as_deref()).map_err(|e| err(&e))?;
+            let views = store
+                .list(kind, scope.as_ref().map(Scope::as_str))
+                .map_err(|e| err(&e))?;
             print_views(&views, json, true)?;
         }
         Command::Sync { deadline } => {

@@ -4,7 +4,7 @@
 
 use axum::extract::{Form, Path, State};
 use axum::response::Redirect;
-use fieldsync_proto::model::{self, FieldValue, Kind};
+use fieldsync_proto::model::{self, FieldValue};
 use fieldsync_proto::record::RecordView;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -23,7 +23,7 @@ pub(super) fn resolve_controls(page: &PageStaff, view: &RecordView) -> Markup {
             form.card.resolve method="post" action={"/resolve/" (view.id)} data-field=(field) {
                 (page.csrf_field())
                 input type="hidden" name="field" value=(field);
-                strong { (field_label(lang, &view.kind, field)) } " "
+                strong { (field_label(lang, view.kind, field)) } " "
                 // Nothing is chosen in advance: the concurrent values come in no meaningful
                 // order, and a value typed under "other" must not quietly keep another value
                 // because "other" was not also clicked. The browser asks for a choice.
@@ -52,10 +52,10 @@ pub(super) async fn conflicts_page(
         p { (records.len()) " " (lang.t("条记录存在冲突值", "records hold conflicting values")) }
         @for r in &records {
             div.card.conflicted data-id=(r.id) {
-                p { a href={"/records/" (r.id)} { (kind_label(lang, &r.kind)) " · " (summary(r)) } " " span.muted { (r.scope) } }
+                p { a href={"/records/" (r.id)} { (kind_label(lang, r.kind)) " · " (summary(r)) } " " span.muted { (r.scope) } }
                 @if can_act { (resolve_controls(&page, r)) } @else {
                     @for (field, values) in &r.conflicts {
-                        p { strong { (field_label(lang, &r.kind, field)) } ": " (values.iter().map(FieldValue::to_cell).collect::<Vec<_>>().join(" | ")) }
+                        p { strong { (field_label(lang, r.kind, field)) } ": " (values.iter().map(FieldValue::to_cell).collect::<Vec<_>>().join(" | ")) }
                     }
                 }
             }
@@ -107,9 +107,7 @@ fn form_value(
         .store
         .record_view(id)?
         .ok_or(OfficeError::NotFound(id))?
-        .kind
-        .parse::<Kind>()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .kind;
     if form.pick != "__typed" {
         return serde_json::from_str(&form.pick)
             .map_err(|e| ApiError::bad_request(format!("bad value: {e}")));

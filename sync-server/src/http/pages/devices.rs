@@ -137,9 +137,13 @@ pub(super) async fn enroll_form(
     Form(form): Form<EnrollForm>,
 ) -> Result<Markup, PageError> {
     let lang = page.lang;
-    let scopes = form.scopes.split_whitespace().map(str::to_string).collect();
     let user = admin_form_user(
-        &page, &form.csrf, &form.user, &form.name, &form.role, scopes,
+        &page,
+        &form.csrf,
+        &form.user,
+        &form.name,
+        &form.role,
+        &form.scopes,
     )?;
     if !matches!(user.role, Role::Volunteer | Role::Village) {
         return Err(PageError(

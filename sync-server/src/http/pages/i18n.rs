@@ -8,7 +8,7 @@
 use axum::http::HeaderMap;
 use axum_extra::extract::cookie::CookieJar;
 use fieldsync_proto::access::Role;
-use fieldsync_proto::model::Kind;
+use fieldsync_proto::model::{Kind, Status};
 use maud::{Markup, html};
 
 /// The language cookie (`zh` or `en`).
@@ -53,22 +53,27 @@ impl Lang {
     }
 }
 
-pub(super) fn kind_label(lang: Lang, kind: &str) -> &'static str {
+pub(super) fn kind_label(lang: Lang, kind: Kind) -> &'static str {
     match kind {
-        "check_in" => lang.t("志愿服务签到", "Check-in"),
-        "village_visit" => lang.t("走访记录", "Village visit"),
-        "village_survey" => lang.t("村情台账", "Village survey"),
-        _ => "?",
+        Kind::CheckIn => lang.t("志愿服务签到", "Check-in"),
+        Kind::VillageVisit => lang.t("走访记录", "Village visit"),
+        Kind::VillageSurvey => lang.t("村情台账", "Village survey"),
     }
 }
 
-pub(super) fn status_label(lang: Lang, status: &str) -> String {
+pub(super) fn status_label(lang: Lang, status: Status) -> &'static str {
     match status {
-        "submitted" => lang.t("待审核", "submitted").to_string(),
-        "confirmed" => lang.t("已确认", "confirmed").to_string(),
-        "rejected" => lang.t("已驳回", "rejected").to_string(),
-        other => other.to_string(),
+        Status::Submitted => lang.t("待审核", "submitted"),
+        Status::Confirmed => lang.t("已确认", "confirmed"),
+        Status::Rejected => lang.t("已驳回", "rejected"),
     }
+}
+
+/// The status text of a record as a page shows it: its label, or the text itself if it is no
+/// status this build knows.
+pub(super) fn status_text(lang: Lang, text: &str) -> String {
+    text.parse()
+        .map_or_else(|_| text.to_string(), |s| status_label(lang, s).to_string())
 }
 
 pub(super) fn role_label(lang: Lang, role: Role) -> &'static str {
@@ -83,12 +88,8 @@ pub(super) fn role_label(lang: Lang, role: Role) -> &'static str {
 /// A field's name as a page shows it: in Chinese the schema's label with the field name beside
 /// it (the name stays the contract, and staff who write scripts or read exports know it); a
 /// field the schema does not know (written by a newer phone) shows its name alone.
-pub(super) fn field_label(lang: Lang, kind: &str, field: &str) -> Markup {
-    let label_zh = kind
-        .parse::<Kind>()
-        .ok()
-        .and_then(|kind| kind.schema().field(field))
-        .map(|spec| spec.label_zh);
+pub(super) fn field_label(lang: Lang, kind: Kind, field: &str) -> Markup {
+    let label_zh = kind.schema().field(field).map(|spec| spec.label_zh);
     match (lang, label_zh) {
         (Lang::Zh, Some(zh)) => html! { (zh) " " span.muted { (field) } },
         _ => html! { (field) },

@@ -4,12 +4,12 @@
 //! resolve forms too.
 
 use axum::extract::{Path, Query, State};
-use fieldsync_proto::model::{self, FieldValue, Kind};
+use fieldsync_proto::model::{FieldValue, Kind, Status};
 use fieldsync_proto::record::RecordView;
 use maud::{Markup, html};
 
 use super::conflicts::resolve_controls;
-use super::i18n::{Lang, field_label, kind_label, status_label};
+use super::i18n::{Lang, field_label, kind_label, status_label, status_text};
 use super::layout::{PageError, PageResult, PageStaff, layout, time_text};
 use super::review::review_controls;
 use crate::http::{AppState, MAX_LIST, RecordQuery, blocking, list_records, parse_id};
@@ -17,10 +17,10 @@ use crate::office::{self, OfficeError};
 
 /// A short one-line summary of a record for lists.
 pub(super) fn summary(view: &RecordView) -> String {
-    let keys: &[&str] = match view.kind.as_str() {
-        "check_in" => &["volunteer_name", "activity", "place"],
-        "village_visit" => &["village", "household", "findings"],
-        _ => &["village", "note"],
+    let keys: &[&str] = match view.kind {
+        Kind::CheckIn => &["volunteer_name", "activity", "place"],
+        Kind::VillageVisit => &["village", "household", "findings"],
+        Kind::VillageSurvey => &["village", "note"],
     };
     keys.iter()
         .filter_map(|k| view.field(k).map(FieldValue::to_cell))
@@ -38,12 +38,12 @@ fn record_rows(lang: Lang, records: &[RecordView]) -> Markup {
             }
             @for r in records {
                 tr class=[(!r.conflicts.is_empty()).then_some("conflict")] {
-                    td { a href={"/records/" (r.id)} { (kind_label(lang, &r.kind)) } }
+                    td { a href={"/records/" (r.id)} { (kind_label(lang, r.kind)) } }
                     td { (r.scope) }
                     td { (office::record_day(r).unwrap_or("")) }
                     td { (summary(r)) }
                     td { (r.field("hours").map(FieldValue::to_cell).unwrap_or_default()) }
-                    td { (r.text("status").map(|s| status_label(lang, s)).unwrap_or_default()) }
+                    td { (r.text("status").map(|s| status_text(lang, s)).unwrap_or_default()) }
                     td { (r.conflicts.keys().cloned().collect::<Vec<_>>().join(", ")) }
                 }
             }
@@ -70,12 +70,12 @@ pub(super) async fn records_page(
         form.filters method="get" action="/records" {
             label { (lang.t("类型", "Kind")) select name="kind" {
                 option value="" { (lang.t("全部", "all")) }
-                @for k in Kind::ALL { option value=(k.as_str()) selected[kind == k.as_str()] { (kind_label(lang, k.as_str())) } }
+                @for k in Kind::ALL { option value=(k.as_str()) selected[kind == k.as_str()] { (kind_label(lang, k)) } }
             } }
             label { (lang.t("范围", "Scope")) input name="scope" value=(v(&query.scope)) placeholder="team:7 / village:3"; }
             label { (lang.t("状态", "Status")) select name="status" {
                 option value="" { (lang.t("全部", "all")) }
-                @for s in model::STATUSES { option value=(s) selected[query.status.as_deref() == Some(s)] { (status_label(lang, s)) } }
+                @for s in Status::ALL { option value=(s.as_str()) selected[query.status.as_deref() == Some(s.as_str())] { (status_label(lang, s)) } }
             } }
             label { (lang.t("从", "From")) input type="date" name="from" value=(v(&query.from)); }
             label { (lang.t("到", "To")) input type="date" name="to" value=(v(&query.to)); }
@@ -109,24 +109,24 @@ pub(super) async fn record_page(
     .page(lang)?;
     let can_act = page.is_office();
     let body = html! {
-        p { (kind_label(lang, &view.kind)) " · " code { (view.scope) } " · " code { (view.id) } }
+        p { (kind_label(lang, view.kind)) " · " code { (view.scope) } " · " code { (view.id) } }
         table #fields {
             tr { th { (lang.t("字段", "Field")) } th { (lang.t("值", "Value")) } }
             @for (name, value) in &view.fields {
                 tr class=[view.conflicts.contains_key(name).then_some("conflict")] {
-                    td { (field_label(lang, &view.kind, name)) }
+                    td { (field_label(lang, view.kind, name)) }
                     td {
                         @if let Some(all) = view.conflicts.get(name) {
                             strong { (lang.t("冲突：", "Conflict: ")) }
                             (all.iter().map(FieldValue::to_cell).collect::<Vec<_>>().join(" | "))
                         } @else if name == "status" {
-                            (status_label(lang, &value.to_cell()))
+                            (status_text(lang, &value.to_cell()))
                         } @else { (value.to_cell()) }
                     }
                 }
             }
         }
-        @if can_act && view.kind == "check_in" { (review_controls(&page, &view)) }
+        @if can_act && view.kind == Kind::CheckIn { (review_controls(&page, &view)) }
         @if can_act && !view.conflicts.is_empty() { (resolve_controls(&page, &view)) }
         h2 { (lang.t("修改历史", "History")) }
         table #history {

@@ -4,7 +4,7 @@
 
 use axum::extract::{Form, Path, State};
 use axum::response::Redirect;
-use fieldsync_proto::model::{FieldValue, Kind};
+use fieldsync_proto::model::{FieldValue, Kind, Status};
 use fieldsync_proto::record::RecordView;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -21,7 +21,7 @@ pub(super) async fn review_page(
     let lang = page.lang;
     let filter = office::RecordFilter {
         kind: Some(Kind::CheckIn),
-        status: Some("submitted".into()),
+        status: Some(Status::Submitted),
         ..Default::default()
     };
     let records = list_records(&state, filter).await.page(lang)?;
@@ -77,8 +77,8 @@ pub(super) fn review_controls(page: &PageStaff, view: &RecordView) -> Markup {
 /// The two submit buttons of a review form: the verdict is the button pressed.
 fn verdict_buttons(lang: Lang) -> Markup {
     html! {
-        " " button type="submit" name="status" value="confirmed" class="confirm" { (lang.t("确认", "Confirm")) }
-        " " button type="submit" name="status" value="rejected" class="reject" { (lang.t("驳回", "Reject")) }
+        " " button type="submit" name="status" value=(Status::Confirmed.as_str()) class="confirm" { (lang.t("确认", "Confirm")) }
+        " " button type="submit" name="status" value=(Status::Rejected.as_str()) class="reject" { (lang.t("驳回", "Reject")) }
     }
 }
 

@@ -3,6 +3,7 @@
 use axum::extract::{Form, State};
 use axum::response::Redirect;
 use fieldsync_proto::access::Role;
+use fieldsync_proto::scope::{self, Scope};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -30,7 +31,7 @@ pub(super) async fn users_page(
         table #users {
             tr { th { "ID" } th { (lang.t("姓名", "Name")) } th { (lang.t("角色", "Role")) } th { (lang.t("范围", "Scopes")) } }
             @for u in &users {
-                tr { td { (u.id) } td { (u.name) } td { (u.role) } td { (u.scopes.join(" ")) } }
+                tr { td { (u.id) } td { (u.name) } td { (u.role) } td { (scope::join(&u.scopes, " ")) } }
             }
         }
     };
@@ -54,14 +55,7 @@ pub(super) async fn add_user_form(
     Form(form): Form<AddUserForm>,
 ) -> Result<Redirect, PageError> {
     let lang = page.lang;
-    let user = admin_form_user(
-        &page,
-        &form.csrf,
-        &form.user,
-        &form.name,
-        &form.role,
-        Vec::new(),
-    )?;
+    let user = admin_form_user(&page, &form.csrf, &form.user, &form.name, &form.role, "")?;
     let store = state.shared.store.clone();
     blocking(move || Ok(auth::add_staff(&store, &user, &form.password)?))
         .await
@@ -82,20 +76,26 @@ pub(super) fn user_fields(lang: Lang, roles: &[Role]) -> Markup {
 }
 
 /// Admits an admin form ([`Staff::admin_change`](crate::http::Staff::admin_change)) and reads
-/// the user it names in its [`user_fields`].
+/// the user it names in its [`user_fields`], with `scopes` separated by white space.
 pub(super) fn admin_form_user(
     page: &PageStaff,
     csrf: &str,
     id: &str,
     name: &str,
     role: &str,
-    scopes: Vec<String>,
+    scopes: &str,
 ) -> Result<User, PageError> {
     let lang = page.lang;
     page.staff.admin_change(Some(csrf)).page(lang)?;
     let role = role
         .parse()
         .map_err(|_| ApiError::bad_request(format!("unknown role `{role}`")))
+        .page(lang)?;
+    let scopes = scopes
+        .split_whitespace()
+        .map(str::parse::<Scope>)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::bad_request(e.to_string()))
         .page(lang)?;
     Ok(User {
         id: id.trim().to_string(),
