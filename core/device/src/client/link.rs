@@ -36,6 +36,8 @@ pub struct Dial {
     pub identity: KeyAndCert,
     /// A UDP socket to use instead of a new one.
     pub socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
+    /// How long a connection may go silent before it is given up.
+    pub idle_timeout: Duration,
 }
 
 /// One QUIC connection to a sync server.
@@ -57,6 +59,7 @@ impl Connection {
             fingerprint,
             identity: identity.clone(),
             socket: None,
+            idle_timeout: transport::IDLE_TIMEOUT,
         };
         let (endpoint, addr) = endpoint(&dial).await?;
         let conn = connect_on(&endpoint, addr, &dial.server).await?;
@@ -259,7 +262,13 @@ async fn endpoint(dial: &Dial) -> Result<(quinn::Endpoint, SocketAddr), ClientEr
         .map_err(|e| ClientError::Network(format!("QUIC TLS: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     let limits = Limits::default();
-    config.transport_config(Arc::new(transport::phone_transport(limits.max_frame_bytes)));
+    let mut transport = transport::phone_transport(limits.max_frame_bytes);
+    if let Ok(idle) = quinn::IdleTimeout::try_from(dial.idle_timeout) {
+        transport
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(transport::KEEP_ALIVE.min(dial.idle_timeout / 3)));
+    }
+    config.transport_config(Arc::new(transport));
     let mut endpoint = match &dial.socket {
         Some(socket) => quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),

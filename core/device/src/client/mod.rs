@@ -83,6 +83,9 @@ pub struct SyncOptions {
     pub batch: BatchLimits,
     /// A UDP socket to use instead of a new one (tests and benchmarks pass an impaired link).
     pub socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
+    /// How long a connection may go silent before it is given up and made again (see
+    /// [`crate::transport::IDLE_TIMEOUT`]).
+    pub idle_timeout: Duration,
 }
 
 /// A round's deadline unless the caller says otherwise: two minutes ride out the outages of
@@ -95,6 +98,7 @@ impl Default for SyncOptions {
             deadline: DEFAULT_DEADLINE,
             batch: BatchLimits::default(),
             socket: None,
+            idle_timeout: crate::transport::IDLE_TIMEOUT,
         }
     }
 }
@@ -132,6 +136,7 @@ pub async fn enroll_with(
         fingerprint,
         identity: store.identity().clone(),
         socket: options.socket.clone(),
+        idle_timeout: options.idle_timeout,
     };
     let mut link = Link::open(&dial, options.deadline).await?;
     let reply = link
@@ -184,6 +189,7 @@ pub async fn sync_with(
         fingerprint: tls::parse_fingerprint(&info.fingerprint)?,
         identity: store.identity().clone(),
         socket: options.socket.clone(),
+        idle_timeout: options.idle_timeout,
     };
     let reader = store.clone();
     let (pending, cursors) = blocking(move || Ok((reader.pending()?, reader.cursors()?))).await?;
