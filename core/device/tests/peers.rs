@@ -51,10 +51,12 @@ impl MemoryBackend {
     }
 
     fn commit(&mut self, ctx: &DeviceCtx, batch: u64, push: Vec<PushDoc>) -> Vec<PushResult> {
-        if let Some((id, outcomes)) = self.batches.get(&ctx.device_id) {
-            if *id == batch {
-                return outcomes.clone();
-            }
+        if let Some((_, outcomes)) = self
+            .batches
+            .get(&ctx.device_id)
+            .filter(|(id, _)| *id == batch)
+        {
+            return outcomes.clone();
         }
         self.commits += 1;
         let limits = Limits::default();

@@ -286,6 +286,58 @@ mod tests {
         Ok(())
     }
 
+    /// A committed batch is recorded with its outcomes; the feed leaves the pusher's own
+    /// document out for the pusher, lists it for others, and sends it whole to a fresh phone.
+    #[tokio::test]
+    async fn batches_are_recorded_and_own_pushes_not_listed_back() -> TestResult {
+        let (store, ctxs) = store_with(&["0101", "0202"])?;
+        let (pusher, other) = (&ctxs[0], &ctxs[1]);
+        let committer = committer(&store);
+        let mut record = Record::create(
+            Kind::VillageSurvey,
+            "village:1",
+            ActorId::from(pusher.actor.clone()),
+            &[("village".into(), FieldValue::Text("大坪村".into()))],
+            1,
+        )?;
+        let prepared = store.prepare(pusher, vec![push(&mut record, &[])], &Limits::default())?;
+        let results = committer.commit(pusher, Some(7), prepared).await?;
+        assert_eq!(store.recorded_batch(&pusher.device_id, 7)?, Some(results));
+        assert_eq!(store.recorded_batch(&pusher.device_id, 8)?, None);
+        assert_eq!(store.recorded_batch(&other.device_id, 7)?, None);
+
+        let cursor = vec![fieldsync_proto::protocol::Cursor {
+            scope: "village:1".into(),
+            seq: 0,
+        }];
+        let own = store.changes_since(pusher, &cursor, &[], 100, 1 << 20)?;
+        assert!(own.changed.is_empty() && own.docs.is_empty(), "{own:?}");
+        assert_eq!(own.cursors[0].seq, 1, "the cursor still moves past it");
+        let listed = store.changes_since(other, &cursor, &[], 100, 1 << 20)?;
+        assert_eq!(listed.changed.len(), 1);
+        assert!(listed.docs.is_empty());
+        let fresh = store.changes_since(other, &[], &[], 100, 1 << 20)?;
+        assert!(fresh.changed.is_empty());
+        assert_eq!(fresh.docs.len(), 1, "a fresh scope gets the document whole");
+        assert_eq!(fresh.docs[0].id, *record.id().as_bytes());
+
+        // Someone else's change: the document is listed for the first pusher again.
+        let mut theirs = Record::load(record.id(), &record.save())?;
+        theirs.set_actor(ActorId::from(other.actor.clone()));
+        let before = theirs.heads();
+        theirs.update(&[("licensed_doctors".into(), FieldValue::Integer(3))], 2)?;
+        let prepared =
+            store.prepare(other, vec![push(&mut theirs, &before)], &Limits::default())?;
+        assert!(accepted(&committer.commit(other, Some(1), prepared).await?));
+        let now = store.changes_since(pusher, &cursor, &[], 100, 1 << 20)?;
+        assert_eq!(
+            now.changed.len(),
+            1,
+            "another device's change is listed back"
+        );
+        Ok(())
+    }
+
     /// Without a commit thread a round is refused as shutting down, never left waiting.
     #[tokio::test]
     async fn commit_without_a_commit_thread_is_shutting_down() -> TestResult {
