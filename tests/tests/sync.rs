@@ -370,3 +370,35 @@ async fn guessing_enrollment_codes_is_cut_off() {
     assert!(server.dir.store.devices().unwrap().is_empty());
     server.running.take().unwrap().stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_only_round_stamps_the_devices_last_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut server = TestServer::start(root);
+    let reader = server.phone(root, "r1", Role::Volunteer, &["team:1"]).await;
+    let last_sync = |server: &TestServer| {
+        server
+            .dir
+            .store
+            .devices()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.device_id == reader.store.device_id())
+            .and_then(|d| d.last_sync)
+    };
+    assert_eq!(last_sync(&server), None, "enrolled, never synced");
+    let report = reader.sync().await.unwrap();
+    assert_eq!(report.sent, 0, "nothing pushed: a pull-only round");
+    // The stamp goes into the next group commit, after the reply.
+    let mut stamped = None;
+    for _ in 0..200 {
+        stamped = last_sync(&server);
+        if stamped.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(stamped.is_some(), "last_sync is set by a pull-only round");
+    server.running.take().unwrap().stop().await;
+}
