@@ -160,7 +160,7 @@ impl Link {
         self.sends
     }
 
-    /// Connections made so far (the first, and each reconnect).
+    /// Connection attempts so far (the first, and each reconnect, failed ones included).
     pub fn connections(&self) -> usize {
         self.connections
     }

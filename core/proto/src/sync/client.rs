@@ -72,7 +72,8 @@ pub struct RoundReport {
     pub refused: Vec<(Uuid, String)>,
     /// Request/reply exchanges this round took (not counting requests sent again).
     pub exchanges: usize,
-    /// Connections the round used: 1, plus one for each reconnect after the link dropped.
+    /// Connection attempts the round made: 1, plus one for each reconnect after the link
+    /// dropped (failed attempts included).
     pub connections: usize,
     /// Documents put on the wire, counting a batch again each time it was sent again.
     pub pushed: usize,
