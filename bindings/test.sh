@@ -6,7 +6,8 @@
 #   bash bindings/test.sh
 #
 # Every step runs even if an earlier test step failed; the exit code is non-zero if anything
-# failed. The last lines are the time of each step and one summary line:
+# failed, or if fewer tests ran than each suite holds (expected_python, expected_kotlin below).
+# The last lines are the time of each step and one summary line:
 #   bindings: N passed, N failed
 set -uo pipefail
 
@@ -14,6 +15,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 target=${CARGO_TARGET_DIR:-$root/target}
 log_dir="$target/bindings/logs"
+
+# How many tests each suite holds: a run that reports fewer passed and failed than this lost
+# tests silently (a file not collected, a test body skipped) and fails. Update with the tests.
+expected_python=14
+expected_kotlin=7
 
 passed=0
 failed=0
@@ -64,6 +70,11 @@ py_failed=$(grep -oE '[0-9]+ (failed|errors?)' "$log_dir/pytest.log" | awk '{ s 
 if [ "$py_rc" -ne 0 ] && [ "$py_failed" -eq 0 ]; then
   py_failed=1 # pytest itself failed (collection, import): count it
 fi
+if [ $((py_passed + py_failed)) -lt "$expected_python" ]; then
+  echo "python: $((py_passed + py_failed)) tests ran, $expected_python expected" >&2
+  py_failed=$((py_failed + expected_python - py_passed - py_failed))
+  py_rc=1
+fi
 passed=$((passed + py_passed))
 failed=$((failed + py_failed))
 [ "$py_rc" -eq 0 ] || broken+=("python")
@@ -93,11 +104,16 @@ if step "kotlin compile (kotlinc)" kotlin_compile; then
   if [ "$kt_rc" -ne 0 ] && [ "$kt_failed" -eq 0 ]; then
     kt_failed=1 # the JVM died before its summary
   fi
+  if [ $((kt_passed + kt_failed)) -lt "$expected_kotlin" ]; then
+    echo "kotlin: $((kt_passed + kt_failed)) tests ran, $expected_kotlin expected" >&2
+    kt_failed=$((kt_failed + expected_kotlin - kt_passed - kt_failed))
+    kt_rc=1
+  fi
   passed=$((passed + kt_passed))
   failed=$((failed + kt_failed))
   [ "$kt_rc" -eq 0 ] || broken+=("kotlin")
 else
-  failed=$((failed + 1))
+  failed=$((failed + expected_kotlin))
   broken+=("kotlin compile")
 fi
 

@@ -15,6 +15,9 @@ use fieldsync_proto::record::RecordError;
 /// - `NotEnrolled`: show the enrollment screen.
 /// - `Network`: no connection or the server vanished: keep working offline, sync later.
 /// - `Unauthorized`: the server does not know this device or it was revoked: enroll again.
+/// - `Certificate`: the server did not prove the identity pinned at enrollment (a wrong
+///   fingerprint, or something posing as the server): nothing was sent; check the fingerprint
+///   with the office. Trying again will not help.
 /// - `Refused`: the server refused the request (bad or used enrollment code, too many syncs,
 ///   another protocol version): show the message.
 /// - `InvalidInput`: the input breaks the record's schema (unknown kind or field, wrong type,
@@ -30,6 +33,8 @@ pub enum FieldSyncError {
     Network { message: String },
     #[error("{message}")]
     Unauthorized { message: String },
+    #[error("{message}")]
+    Certificate { message: String },
     #[error("{message}")]
     Refused { message: String },
     #[error("{message}")]
@@ -96,6 +101,7 @@ impl From<ClientError> for FieldSyncError {
                 ..
             } => FieldSyncError::Unauthorized { message },
             ClientError::Refused { .. } => FieldSyncError::Refused { message },
+            ClientError::Certificate(_) => FieldSyncError::Certificate { message },
             // The server (or something posing as it on the path) spoke nonsense: as far as the
             // app is concerned the sync failed in transit and is simply run again later.
             ClientError::Protocol(_) => FieldSyncError::Network { message },

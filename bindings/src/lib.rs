@@ -11,6 +11,10 @@
 //! an Android app calls them off the main thread (`Dispatchers.IO`) like any disk access. A
 //! `FieldStore` is safe to share between threads; sync rounds of one store run one at a time.
 //!
+//! [`BackgroundSync`] is what an app keeps running instead of calling `sync` itself: it runs a
+//! round whenever the app asks (connectivity came back, a timer, the sync button), one at a
+//! time, retries after a lost connection on its own, and tells the UI its [`SyncState`].
+//!
 //! The generated foreign module is named `fieldsync` (namespace below).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -18,15 +22,20 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use fieldsync_device::client;
+use fieldsync_device::client::{self, SyncOptions};
 use fieldsync_device::store::{CheckInForm, DeviceStore};
 use fieldsync_proto::model::{self, Kind};
 use uuid::Uuid;
 
+mod background;
 mod error;
 mod types;
 
+pub use background::{
+    BackgroundSync, BackgroundSyncOptions, SyncFailure, SyncState, SyncStateListener,
+};
 pub use error::FieldSyncError;
 pub use types::{
     Enrollment, FieldRecord, FieldSpec, FieldType, FieldValue, HistoryEntry, HoursSummary, Refusal,
@@ -82,13 +91,24 @@ impl FieldStore {
 
     /// Enrolls this device with a one-time code from the server's admin and pins the server's
     /// certificate `fingerprint` (64 hex digits). `server` is `host:port`.
+    ///
+    /// Reconnects while the link drops, for up to `deadline_seconds` (default: core's two
+    /// minutes), then fails with `Network`. Enrolling again with the same code after a reply
+    /// was lost is answered with the same enrollment. A wrong fingerprint fails at once with
+    /// `Certificate`.
+    #[uniffi::method(default(deadline_seconds = None))]
     pub async fn enroll(
         &self,
         server: String,
         fingerprint: String,
         code: String,
+        deadline_seconds: Option<u32>,
     ) -> Result<Enrollment, FieldSyncError> {
-        let info = client::enroll(&self.inner, &server, &fingerprint, &code).await?;
+        let options = SyncOptions {
+            deadline: deadline(deadline_seconds)?,
+            ..SyncOptions::default()
+        };
+        let info = client::enroll_with(&self.inner, &server, &fingerprint, &code, &options).await?;
         Ok(info.into())
     }
 
@@ -209,23 +229,57 @@ impl FieldStore {
     /// Runs one sync round: pushes every pending record, pulls what changed in the user's
     /// scopes, and reports progress to `listener`.
     ///
+    /// The round outlives a dropped connection: it reconnects with jittered backoff and goes
+    /// on where it was (progress keeps counting) for up to `deadline_seconds` (default: core's
+    /// two minutes), then fails with `Network`; what is not acknowledged by then stays pending.
     /// A record the server refuses does not fail the round: it is listed in the report's
-    /// `refused` (and by `refused()`). The call fails (`Network`, `Unauthorized`, `Refused`,
-    /// `NotEnrolled`, `Storage`) only when the round as a whole could not run; nothing
-    /// unacknowledged is then marked acknowledged, and the round is simply run again later.
-    #[uniffi::method(default(listener = None))]
+    /// `refused` (and by `refused()`). The call fails (`Network`, `Unauthorized`,
+    /// `Certificate`, `Refused`, `NotEnrolled`, `Storage`) only when the round as a whole could
+    /// not run; nothing unacknowledged is then marked acknowledged, and the round is simply run
+    /// again later. Only `Network` is worth retrying on its own; [`BackgroundSync`] does that.
+    #[uniffi::method(default(listener = None, deadline_seconds = None))]
     pub async fn sync(
         &self,
         listener: Option<Arc<dyn SyncProgressListener>>,
+        deadline_seconds: Option<u32>,
+    ) -> Result<SyncReport, FieldSyncError> {
+        let deadline = deadline(deadline_seconds)?;
+        self.round(deadline, |p| {
+            if let Some(l) = &listener {
+                l.on_progress(p);
+            }
+        })
+        .await
+    }
+}
+
+impl FieldStore {
+    /// One sync round within `deadline`, one round of this store at a time (a second caller
+    /// waits for the first: running both would push the same records twice for nothing).
+    pub(crate) async fn round(
+        &self,
+        deadline: Duration,
+        progress: impl Fn(SyncProgress) + Send,
     ) -> Result<SyncReport, FieldSyncError> {
         let _one_round_at_a_time = self.sync_lock.lock().await;
-        let mut progress = |p: fieldsync_proto::sync::Progress| {
-            if let Some(l) = &listener {
-                l.on_progress(p.into());
-            }
+        let options = SyncOptions {
+            deadline,
+            ..SyncOptions::default()
         };
-        let (report, _wire_bytes) = client::sync(&self.inner, &mut progress).await?;
+        let mut progress = move |p: fieldsync_proto::sync::Progress| progress(p.into());
+        let (report, _wire_bytes) = client::sync_with(&self.inner, &options, &mut progress).await?;
         Ok(report.into())
+    }
+}
+
+/// A round's or enrollment's deadline from what the app passed: core's default when `None`.
+pub(crate) fn deadline(seconds: Option<u32>) -> Result<Duration, FieldSyncError> {
+    match seconds {
+        None => Ok(client::DEFAULT_DEADLINE),
+        Some(0) => Err(FieldSyncError::invalid(
+            "a deadline of 0 s leaves no time to reach the server; pass at least 1",
+        )),
+        Some(s) => Ok(Duration::from_secs(u64::from(s))),
     }
 }
 
@@ -422,6 +476,34 @@ mod tests {
             store.my_hours(),
             Err(FieldSyncError::NotEnrolled { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn deadlines_default_to_core_s_and_zero_is_refused() {
+        assert_eq!(deadline(None).unwrap(), client::DEFAULT_DEADLINE);
+        assert_eq!(deadline(Some(7)).unwrap(), Duration::from_secs(7));
+        let (_dir, store) = open();
+        let err = store.sync(None, Some(0)).await.unwrap_err();
+        assert!(
+            matches!(err, FieldSyncError::InvalidInput { .. }),
+            "{err:?}"
+        );
+        let err = store
+            .enroll(
+                "127.0.0.1:1".into(),
+                "00".repeat(32),
+                "CODE".into(),
+                Some(0),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FieldSyncError::InvalidInput { .. }),
+            "{err:?}"
+        );
+        // Not enrolled is said at once, whatever the deadline.
+        let err = store.sync(None, Some(1)).await.unwrap_err();
+        assert!(matches!(err, FieldSyncError::NotEnrolled { .. }), "{err:?}");
     }
 
     #[test]

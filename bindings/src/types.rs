@@ -165,7 +165,7 @@ pub struct Refusal {
 }
 
 /// How far a sync round has come, in records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Record)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, uniffi::Record)]
 pub struct SyncProgress {
     /// Pending records pushed and answered by the server (accepted or refused).
     pub sent: u64,
@@ -200,6 +200,11 @@ pub struct SyncReport {
     pub refused: Vec<Refusal>,
     /// Request/reply exchanges the round took.
     pub exchanges: u64,
+    /// Connections the round used: 1, plus one for each reconnect after the signal dropped.
+    pub connections: u64,
+    /// Records put on the wire, counting a batch again each time a lost connection made the
+    /// round send it again (`pushed - sent - refused` is what the bad signal cost).
+    pub pushed: u64,
 }
 
 impl From<RoundReport> for SyncReport {
@@ -216,6 +221,8 @@ impl From<RoundReport> for SyncReport {
                 })
                 .collect(),
             exchanges: count(r.exchanges),
+            connections: count(r.connections),
+            pushed: count(r.pushed),
         }
     }
 }

@@ -165,7 +165,7 @@ pub fn bind(
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| DataError::Tls(tls::TlsError::Certificate(e.to_string())))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(fieldsync_device::transport::transport_config(
+    config.transport_config(Arc::new(fieldsync_device::transport::server_transport(
         limits.max_frame_bytes,
     )));
     // Every phone reconnects when the signal comes back: a large socket buffer keeps bursts of

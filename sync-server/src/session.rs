@@ -221,7 +221,8 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                     message: e.to_string(),
                 }
             }
-            (Ok(ClientMsg::Enroll { .. }), None) if !shared.admit_enroll(remote_ip) => {
+            // An enrolled device may send its code again: its first reply may have been lost.
+            (Ok(ClientMsg::Enroll { .. }), _) if !shared.admit_enroll(remote_ip) => {
                 ServerMsg::Error {
                     code: ErrorCode::RateLimited,
                     message:
@@ -229,7 +230,7 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                             .into(),
                 }
             }
-            (Ok(ClientMsg::Enroll { version, code }), None) => {
+            (Ok(ClientMsg::Enroll { version, code }), _) => {
                 let reply = enroll(&shared, &device_id, version, &code).await;
                 match reply {
                     ServerMsg::Enrolled(_) => {
@@ -257,7 +258,21 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                     ),
                 }
             }
-            (Ok(msg), Some(known)) => serve_exchange(&shared, known, msg).await,
+            (Ok(msg), Some(known)) => {
+                let pull_only = matches!(
+                    msg,
+                    ClientMsg::Sync {
+                        batch: None,
+                        pull: Some(_),
+                        ..
+                    }
+                );
+                let reply = serve_exchange(&shared, known, msg).await;
+                if pull_only && matches!(reply, ServerMsg::SyncReply(_)) {
+                    touch(&shared, known);
+                }
+                reply
+            }
         };
         let frame = match protocol::encode_frame(&reply) {
             Ok(f) => f,
@@ -279,18 +294,20 @@ async fn serve_exchange(shared: &Arc<Shared>, ctx: &DeviceCtx, msg: ClientMsg) -
     let (mut exchange, mut effect) = ServerExchange::start(msg, &shared.limits);
     loop {
         let input = match effect {
-            ServerEffect::Reply(reply) => {
-                if let ServerMsg::SyncReply(r) = &reply {
-                    shared.metrics.record_results(&r.results);
-                }
-                return reply;
+            ServerEffect::Reply(reply) => return reply,
+            ServerEffect::Commit { batch, docs } => {
+                ServerInput::Committed(commit(shared, ctx, batch, docs).await)
             }
-            ServerEffect::Commit(push) => ServerInput::Committed(commit(shared, ctx, push).await),
-            ServerEffect::ReadFeed { cursors, limit } => {
+            ServerEffect::ReadFeed {
+                cursors,
+                fresh,
+                limit,
+                budget,
+            } => {
                 let ctx = ctx.clone();
                 ServerInput::Feed(
                     on_store(shared, move |store| {
-                        store.changes_since(&ctx, &cursors, limit)
+                        store.changes_since(&ctx, &cursors, &fresh, limit, budget)
                     })
                     .await,
                 )
@@ -306,24 +323,49 @@ async fn serve_exchange(shared: &Arc<Shared>, ctx: &DeviceCtx, msg: ClientMsg) -
     }
 }
 
-/// Merges a round's pushes on the blocking pool (so concurrent rounds merge on every core),
-/// then waits for the commit thread to store them in a shared durable transaction.
+/// Records, in the next group commit, that a device synced by only pulling (a push stamps it
+/// with its own commit). Off the reply's path: the device need not wait for it.
+fn touch(shared: &Arc<Shared>, ctx: &DeviceCtx) {
+    let committer = shared.committer.clone();
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        if let Err(e) = committer.touch(&ctx).await {
+            tracing::warn!(device = %ctx.device_id, error = %e, "cannot record the sync time");
+        }
+    });
+}
+
+/// Stores a device's batch: answered from its record if the device's last committed batch
+/// has this id (its reply was lost), else merged on the blocking pool (so concurrent rounds
+/// merge on every core) and committed by the commit thread in a shared durable transaction.
 async fn commit(
     shared: &Arc<Shared>,
     ctx: &DeviceCtx,
+    batch: u64,
     push: Vec<PushDoc>,
 ) -> Result<Vec<PushResult>, StorageFailure> {
     let limits = shared.limits.clone();
     let merge_ctx = ctx.clone();
     let prepared = on_store(shared, move |store| {
-        store.prepare(&merge_ctx, push, &limits)
+        match store.recorded_batch(&merge_ctx.device_id, batch)? {
+            Some(outcomes) => Ok(Err(outcomes)),
+            None => store.prepare(&merge_ctx, push, &limits).map(Ok),
+        }
     })
     .await?;
-    shared
-        .committer
-        .commit(ctx, prepared)
-        .await
-        .map_err(|e| StorageFailure(e.to_string()))
+    let results = match prepared {
+        Err(recorded) => {
+            tracing::info!(device = %ctx.device_id, batch, "batch already committed; answered from its record");
+            recorded
+        }
+        Ok(prepared) => shared
+            .committer
+            .commit(ctx, Some(batch), prepared)
+            .await
+            .map_err(|e| StorageFailure(e.to_string()))?,
+    };
+    shared.metrics.record_results(&results);
+    Ok(results)
 }
 
 /// Runs a store read on the blocking pool: redb reads block on the file.

@@ -13,7 +13,7 @@ use fieldsync_proto::access::{DeviceCtx, Role};
 use fieldsync_proto::model::{FieldValue, Kind};
 use fieldsync_proto::protocol::{Limits, PushDoc};
 use fieldsync_proto::record::Record;
-use fieldsync_server::store::User;
+use fieldsync_server::store::{PreparedRound, User};
 use fieldsync_server::{DataDir, ServeOptions};
 
 const BATCH: usize = 1000;
@@ -158,7 +158,11 @@ fn fill(dir: &DataDir, n: usize) -> Result<(), Box<dyn std::error::Error>> {
                 made += 1;
             }
             let prepared = dir.store.prepare(&ctx, push, &limits)?;
-            rounds.push((ctx, prepared));
+            rounds.push(PreparedRound {
+                ctx,
+                batch: None,
+                push: prepared,
+            });
         }
         dir.store
             .commit_rounds(rounds, &limits, 1_764_300_000_000)?;

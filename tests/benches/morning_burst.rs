@@ -48,8 +48,8 @@ use fieldsync_device::client;
 use fieldsync_device::store::DeviceStore;
 use fieldsync_proto::Role;
 use fieldsync_proto::model::{FieldValue, Kind};
-use fieldsync_proto::protocol::{self, ClientMsg, Limits, PROTOCOL_VERSION};
-use fieldsync_proto::sync::RoundReport;
+use fieldsync_proto::protocol::{self, Batch, ClientMsg, Limits, PROTOCOL_VERSION, Pull};
+use fieldsync_proto::sync::{BatchLimits, RoundReport, split_batches};
 use fieldsync_server::DataDir;
 use fieldsync_server::store::User;
 
@@ -862,15 +862,27 @@ fn prepare(
             .map_err(|e| format!("recording check-in {j}: {e}"))?;
         json_bytes += serde_json::to_vec(&view)?.len();
     }
-    // The Sync message the round will send first: every pending document and the cursors.
+    // The Sync messages the round will send: every pending document, in batches, the last one
+    // with the pull.
     let pending = store.pending()?;
     let change_bytes = pending.iter().map(|p| p.push.changes.len()).sum();
-    let msg = ClientMsg::Sync {
-        version: PROTOCOL_VERSION,
-        push: pending.into_iter().map(|p| p.push).collect(),
-        cursors: store.cursors()?,
-    };
-    let sync_frame = protocol::encode_frame(&msg)?.len();
+    let batches = split_batches(pending, BatchLimits::default());
+    let last = batches.len().saturating_sub(1);
+    let mut sync_frame = 0;
+    for (n, docs) in batches.into_iter().enumerate() {
+        let msg = ClientMsg::Sync {
+            version: PROTOCOL_VERSION,
+            batch: Some(Batch {
+                id: n as u64,
+                docs: docs.into_iter().map(|p| p.push).collect(),
+            }),
+            pull: (n == last).then(|| Pull {
+                cursors: Vec::new(),
+                fresh: Vec::new(),
+            }),
+        };
+        sync_frame += protocol::encode_frame(&msg)?.len();
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

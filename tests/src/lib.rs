@@ -1,5 +1,8 @@
 //! Helpers for fieldsync's end-to-end tests: a real server on loopback (in-process or as a
 //! child process), and simulated phones that each have their own redb device store.
+//! [`link`] puts a client's QUIC behind an impaired (2G-like) link inside the process.
+
+pub mod link;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -16,8 +16,8 @@ use fieldsync_device::client::{self, ClientError, Connection};
 use fieldsync_device::{DeviceStore, tls};
 use fieldsync_proto::protocol::SERVER_NAME;
 use fieldsync_proto::protocol::{
-    self, ClientMsg, ErrorCode, LENGTH_PREFIX, Limits, Outcome, PROTOCOL_VERSION, PushDoc,
-    ServerMsg,
+    self, Batch, ClientMsg, ErrorCode, LENGTH_PREFIX, Limits, Outcome, PROTOCOL_VERSION, Pull,
+    PushDoc, ServerMsg, SyncReply,
 };
 use fieldsync_proto::{FieldValue, Kind, Role};
 use fieldsync_server::store::User;
@@ -241,7 +241,7 @@ impl RawClient {
         let tls = tls::client_config(store.identity(), fingerprint)?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
-        config.transport_config(Arc::new(fieldsync_device::transport::transport_config(
+        config.transport_config(Arc::new(fieldsync_device::transport::phone_transport(
             Limits::default().max_frame_bytes,
         )));
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
@@ -265,7 +265,7 @@ impl RawClient {
     async fn assert_connection_alive(&self) {
         let frame = protocol::encode_frame(&sync_msg(Vec::new())).expect("encode");
         match self.send(&frame).await {
-            ServerMsg::SyncReply(r) => assert!(r.results.is_empty()),
+            ServerMsg::SyncReply(r) => assert!(r.batch.is_none() && r.pull.is_some()),
             other => panic!("the connection is no longer served: {other:?}"),
         }
     }
@@ -335,11 +335,15 @@ fn deflate(data: &[u8]) -> Vec<u8> {
     enc.finish().expect("deflate")
 }
 
+/// A Sync pushing `push` as one batch (none if empty) and pulling from the start.
 fn sync_msg(push: Vec<PushDoc>) -> ClientMsg {
     ClientMsg::Sync {
         version: PROTOCOL_VERSION,
-        push,
-        cursors: Vec::new(),
+        batch: (!push.is_empty()).then(|| Batch {
+            id: uuid::Uuid::now_v7().as_u64_pair().1,
+            docs: push,
+        }),
+        pull: Some(Pull::default()),
     }
 }
 
@@ -392,19 +396,36 @@ fn changes_of(doc: &mut AutoCommit) -> Vec<u8> {
     out
 }
 
-/// Pushes documents in one Sync and returns each outcome, in order.
+/// Pushes documents as one batch and returns each outcome, in order (the wire names only
+/// the refused ones; every other document of the batch is accepted).
 async fn push(conn: &Connection, docs: Vec<PushDoc>) -> Vec<Outcome> {
     let ids: Vec<_> = docs.iter().map(|d| d.id).collect();
-    let reply = within("a push", conn.exchange(&sync_msg(docs)))
+    let msg = sync_msg(docs);
+    let sent = match &msg {
+        ClientMsg::Sync { batch, .. } => batch.as_ref().map(|b| b.id),
+        _ => None,
+    };
+    let reply = within("a push", conn.exchange(&msg))
         .await
         .expect("the push exchange");
     match reply {
-        ServerMsg::SyncReply(r) => {
-            let got: Vec<_> = r.results.iter().map(|p| p.id).collect();
-            assert_eq!(got, ids, "one result per pushed document, in order");
-            r.results.into_iter().map(|p| p.outcome).collect()
+        ServerMsg::SyncReply(SyncReply {
+            batch: Some(ack), ..
+        }) => {
+            assert_eq!(Some(ack.id), sent, "the ack names the batch pushed");
+            for r in &ack.refused {
+                assert!(ids.contains(&r.id), "a refusal of a document not pushed");
+            }
+            ids.iter()
+                .map(|id| match ack.refused.iter().find(|r| r.id == *id) {
+                    Some(r) => Outcome::Refused {
+                        reason: r.reason.clone(),
+                    },
+                    None => Outcome::Accepted { heads: Vec::new() },
+                })
+                .collect()
         }
-        other => panic!("expected a sync reply, got {other:?}"),
+        other => panic!("expected a batch acknowledgement, got {other:?}"),
     }
 }
 
@@ -973,12 +994,21 @@ async fn an_unknown_kind_is_refused() -> TestResult {
     let raw = h.raw(&mallory).await?;
     let doc = push_doc(Kind::CheckIn, "team:1", changes_of(&mut parade));
     let id = doc.id;
-    let mut body = postcard::to_stdvec(&sync_msg(vec![doc]))?;
-    // Sync variant, version 1, one document, its 16 id bytes, then the kind.
-    assert_eq!(&body[..3], &[1, 1, 1]);
-    assert_eq!(&body[3..19], &id);
-    assert_eq!(body[19], 0, "CheckIn is the first kind");
-    body[19] = Kind::ALL.len() as u8;
+    let msg = ClientMsg::Sync {
+        version: PROTOCOL_VERSION,
+        batch: Some(Batch {
+            id: 1,
+            docs: vec![doc],
+        }),
+        pull: None,
+    };
+    let mut body = postcard::to_stdvec(&msg)?;
+    // Sync variant, the version, a batch (Some) with id 1 and one document, its 16 id bytes,
+    // then the kind.
+    assert_eq!(&body[..5], &[1, PROTOCOL_VERSION as u8, 1, 1, 1]);
+    assert_eq!(&body[5..21], &id);
+    assert_eq!(body[21], 0, "CheckIn is the first kind");
+    body[21] = Kind::ALL.len() as u8;
     let m = expect_error(
         raw.send(&frame_with(0, &body)).await,
         ErrorCode::Malformed,
@@ -1354,8 +1384,11 @@ async fn another_protocol_version_is_refused() -> TestResult {
     let mut doc = hand_made(actor_of(&mallory), "check_in", |_| Ok(()))?;
     let msg = ClientMsg::Sync {
         version: PROTOCOL_VERSION + 1,
-        push: vec![push_doc(Kind::CheckIn, "team:1", changes_of(&mut doc))],
-        cursors: Vec::new(),
+        batch: Some(Batch {
+            id: 1,
+            docs: vec![push_doc(Kind::CheckIn, "team:1", changes_of(&mut doc))],
+        }),
+        pull: Some(Pull::default()),
     };
     let m = expect_error(
         within("version", conn.exchange(&msg)).await?,

@@ -123,14 +123,17 @@ fn record_offline_sync_and_fail_clearly_when_the_server_is_gone() {
     let (_, out, _) = fieldsync(store, &["status", "--json"]);
     assert_eq!(json(&out)["pending"], 0);
 
-    // The server goes away: a clear message, a non-zero exit, local data untouched.
+    // The server goes away: the round keeps trying until its deadline, then a clear message,
+    // a non-zero exit, local data untouched.
     let (ok, _, err) = fieldsync(store, &["set", &id, "note=改"]);
     assert!(ok, "{err}");
     server.kill();
-    let (ok, _, err) = fieldsync(store, &["sync"]);
+    let (ok, _, err) = fieldsync(store, &["sync", "--deadline", "4s"]);
     assert!(!ok);
     assert!(
-        err.contains("sync failed") && err.contains("local data untouched"),
+        err.contains("sync failed")
+            && err.contains("local data untouched")
+            && err.contains("stays pending"),
         "{err}"
     );
     let (_, out, _) = fieldsync(store, &["status", "--json"]);

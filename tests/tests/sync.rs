@@ -4,7 +4,7 @@
 use automerge::transaction::Transactable;
 use fieldsync_proto::Role;
 use fieldsync_proto::model::{FieldValue, Kind};
-use fieldsync_proto::protocol::{ClientMsg, Outcome, PROTOCOL_VERSION, PushDoc, ServerMsg};
+use fieldsync_proto::protocol::{Batch, ClientMsg, PROTOCOL_VERSION, PushDoc, ServerMsg};
 use fieldsync_tests::{TestServer, check_in_fields, text};
 
 fn survey_fields(village: &str) -> Vec<(&'static str, FieldValue)> {
@@ -172,21 +172,28 @@ async fn a_change_under_another_devices_actor_is_refused() {
         .flat_map(|c| c.raw_bytes().to_vec())
         .collect();
     let conn = v1.connect().await;
+    let id = *uuid::Uuid::now_v7().as_bytes();
     let msg = ClientMsg::Sync {
         version: PROTOCOL_VERSION,
-        push: vec![PushDoc {
-            id: *uuid::Uuid::now_v7().as_bytes(),
-            kind: Kind::CheckIn,
-            scope: "team:1".into(),
-            changes,
-        }],
-        cursors: vec![],
+        batch: Some(Batch {
+            id: 1,
+            docs: vec![PushDoc {
+                id,
+                kind: Kind::CheckIn,
+                scope: "team:1".into(),
+                changes,
+            }],
+        }),
+        pull: None,
     };
     let ServerMsg::SyncReply(reply) = conn.exchange(&msg).await.unwrap() else {
         panic!("expected a sync reply");
     };
-    match &reply.results[0].outcome {
-        Outcome::Refused { reason } => assert!(reason.contains("actor"), "{reason}"),
+    match reply.batch.as_ref().map(|a| a.refused.as_slice()) {
+        Some([refusal]) => {
+            assert_eq!(refusal.id, id);
+            assert!(refusal.reason.contains("actor"), "{}", refusal.reason)
+        }
         other => panic!("forged change accepted: {other:?}"),
     }
     conn.close().await;
@@ -216,8 +223,8 @@ async fn a_round_replayed_after_a_lost_acknowledgement_stores_nothing_twice() {
         .collect();
     let msg = ClientMsg::Sync {
         version: PROTOCOL_VERSION,
-        push,
-        cursors: vec![],
+        batch: Some(Batch { id: 1, docs: push }),
+        pull: None,
     };
     assert!(matches!(
         conn.exchange(&msg).await.unwrap(),
@@ -279,7 +286,7 @@ async fn rounds_beyond_the_per_minute_limit_are_refused_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pull_larger_than_one_reply_arrives_in_several_fetches() {
+async fn a_pull_larger_than_one_reply_arrives_in_several_replies() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let limits = fieldsync_proto::protocol::Limits {
@@ -288,25 +295,41 @@ async fn a_pull_larger_than_one_reply_arrives_in_several_fetches() {
     };
     let mut server = TestServer::start_with(root, limits);
     let v1 = server.phone(root, "v1", Role::Volunteer, &["team:1"]).await;
+    // v2 has pulled the team before (it holds a cursor); v3 is a fresh phone.
     let v2 = server.phone(root, "v2", Role::Volunteer, &["team:1"]).await;
+    v2.sync().await.unwrap();
+    let v3 = server.phone(root, "v3", Role::Volunteer, &["team:1"]).await;
     for i in 0..200 {
         v1.check_in("team:1", &format!("第{i}次活动"));
     }
     assert_eq!(v1.sync().await.unwrap().sent, 200);
+
     let report = v2.sync().await.unwrap();
     assert_eq!(report.received, 200);
     assert!(
         report.exchanges >= 3,
-        "sync, then at least two fetches: {} exchanges",
+        "the list of heads, then at least two fetches: {} exchanges",
         report.exchanges
     );
     assert_eq!(v2.records(), server.records());
-    let again = v2.sync().await.unwrap();
-    assert_eq!(
-        (again.received, again.exchanges),
-        (0, 1),
-        "cursors stored after the last page"
+
+    let fresh = v3.sync().await.unwrap();
+    assert_eq!(fresh.received, 200);
+    assert!(
+        fresh.exchanges >= 2,
+        "whole documents, paged over at least two replies: {} exchanges",
+        fresh.exchanges
     );
+    assert_eq!(v3.records(), server.records());
+
+    for phone in [&v2, &v3] {
+        let again = phone.sync().await.unwrap();
+        assert_eq!(
+            (again.received, again.exchanges),
+            (0, 1),
+            "cursors stored after the last page"
+        );
+    }
     server.running.take().unwrap().stop().await;
 }
 
@@ -345,5 +368,37 @@ async fn guessing_enrollment_codes_is_cut_off() {
     }
     assert!(phone.store.enrollment().unwrap().is_none());
     assert!(server.dir.store.devices().unwrap().is_empty());
+    server.running.take().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_only_round_stamps_the_devices_last_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut server = TestServer::start(root);
+    let reader = server.phone(root, "r1", Role::Volunteer, &["team:1"]).await;
+    let last_sync = |server: &TestServer| {
+        server
+            .dir
+            .store
+            .devices()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.device_id == reader.store.device_id())
+            .and_then(|d| d.last_sync)
+    };
+    assert_eq!(last_sync(&server), None, "enrolled, never synced");
+    let report = reader.sync().await.unwrap();
+    assert_eq!(report.sent, 0, "nothing pushed: a pull-only round");
+    // The stamp goes into the next group commit, after the reply.
+    let mut stamped = None;
+    for _ in 0..200 {
+        stamped = last_sync(&server);
+        if stamped.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(stamped.is_some(), "last_sync is set by a pull-only round");
     server.running.take().unwrap().stop().await;
 }

@@ -13,14 +13,19 @@ import kotlinx.coroutines.async
 import kotlinx.coroutines.delay
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
+import org.fieldsync.BackgroundSync
+import org.fieldsync.BackgroundSyncOptions
 import org.fieldsync.FieldRecord
 import org.fieldsync.FieldStore
 import org.fieldsync.FieldSyncException
 import org.fieldsync.FieldValue
 import org.fieldsync.Role
+import org.fieldsync.SyncFailure
 import org.fieldsync.SyncProgress
 import org.fieldsync.SyncProgressListener
 import org.fieldsync.SyncReport
+import org.fieldsync.SyncState
+import org.fieldsync.SyncStateListener
 import org.fieldsync.fieldSchema
 import org.fieldsync.FieldType
 import org.fieldsync.testing.ServerProcess
@@ -89,6 +94,38 @@ suspend fun FieldStore.syncChecked(): SyncReport {
 
 fun text(s: String) = FieldValue.Text(s)
 
+/** Every state a background sync reported (called on its own thread). */
+class States : SyncStateListener {
+    private val seen = mutableListOf<SyncState>()
+
+    @Synchronized
+    override fun onState(state: SyncState) {
+        seen += state
+    }
+
+    @Synchronized
+    fun seen(): List<SyncState> = seen.toList()
+
+    /** Waits (suspending, not blocking) until the latest state satisfies [done]. */
+    suspend fun until(timeoutMs: Long = 60_000, done: (SyncState) -> Boolean): SyncState {
+        val started = System.nanoTime()
+        while (true) {
+            seen().lastOrNull()?.let { if (done(it)) return it }
+            check((System.nanoTime() - started) / 1_000_000 < timeoutMs) { "no such state in $timeoutMs ms: ${seen()}" }
+            delay(20)
+        }
+    }
+}
+
+/** State names in order, repeats collapsed (Syncing repeats with progress). */
+fun names(states: List<SyncState>): List<String> =
+    states.map { it::class.simpleName ?: "?" }.fold(mutableListOf()) { acc, n -> if (acc.lastOrNull() != n) acc += n; acc }
+
+/** Quick retries, so a test sees them. */
+val FAST = BackgroundSyncOptions(deadlineSeconds = 2u, firstRetrySeconds = 1u, maxRetrySeconds = 2u)
+
+fun elapsedMs(since: Long) = (System.nanoTime() - since) / 1_000_000
+
 /** What a test body has: its folder, servers and phones, and a coroutine scope to launch in. */
 class Env(val dir: File, scope: CoroutineScope) : CoroutineScope by scope {
     private val servers = mutableListOf<ServerProcess>()
@@ -154,7 +191,7 @@ val tests = linkedMapOf<String, suspend Env.() -> Unit>(
             }
         }
         val started = System.nanoTime()
-        expectThrows<FieldSyncException.Network>("sync offline") { li4.sync(null) }
+        expectThrows<FieldSyncException.Network>("sync offline") { li4.sync(null, deadlineSeconds = 3u) }
         val waitedMs = (System.nanoTime() - started) / 1_000_000
         ticker.cancel()
         check(ticks >= waitedMs / 50 / 2) { "the calling thread was blocked: $ticks ticks in $waitedMs ms" }
@@ -240,6 +277,62 @@ val tests = linkedMapOf<String, suspend Env.() -> Unit>(
         checkEq(doctors.fieldType, FieldType.INTEGER, "schema type")
     },
 
+    "a sync to a stopped server fails as Network within its deadline" to {
+        val (server, codes) = server(ZHANG3)
+        val phone = phone("phone")
+        phone.enrollWith(server, codes, ZHANG3)
+        phone.checkIn("清洁家园", "幸福社区", day(8), day(9))
+        server.stop()
+        val started = System.nanoTime()
+        expectThrows<FieldSyncException.Network>("sync with a 2 s deadline") { phone.sync(null, 2u) }
+        val waited = elapsedMs(started)
+        check(waited in 1_000..5_000) { "a 2 s deadline took $waited ms" }
+        checkEq(phone.pendingCount(), 1uL, "pending kept")
+        expectThrows<FieldSyncException.InvalidInput>("a deadline of 0") { phone.sync(null, 0u) }
+    },
+
+    "background sync pushes pending records and comes back to Idle" to {
+        val (server, codes) = server(ZHANG3)
+        val phone = phone("phone")
+        phone.enrollWith(server, codes, ZHANG3)
+        server.stop() // no signal when the records are made and the first round runs
+        phone.checkIn("清洁家园", "幸福社区", day(8), day(9))
+        phone.checkIn("文明城市创建", "人民路", day(10), day(11))
+        val states = States()
+        BackgroundSync(phone, states, FAST).use { background ->
+            checkEq(states.until { it is SyncState.Idle }, SyncState.Idle(null), "Idle until asked")
+            background.requestSync()
+            val waiting = states.until { it is SyncState.WaitingToRetry } as SyncState.WaitingToRetry
+            check(waiting.reason.isNotEmpty()) { "a reason" }
+            check(waiting.atUnixMs > System.currentTimeMillis() - 1_000) { "a retry time: ${waiting.atUnixMs}" }
+            server.start() // the signal is back; nobody asks
+            val done = states.until { it is SyncState.Idle && it.last != null } as SyncState.Idle
+            checkEq(done.last?.sent, 2uL, "sent in the background")
+            checkEq(phone.pendingCount(), 0uL, "nothing pending")
+            val seen = states.seen()
+            check(seen.none { it is SyncState.Failed }) { "no signal is never Failed: $seen" }
+            checkEq(names(seen).take(4), listOf("Idle", "Syncing", "WaitingToRetry", "Syncing"), "state sequence")
+            checkEq(names(seen).last(), "Idle", "last state")
+            val progress = seen.filterIsInstance<SyncState.Syncing>().last().progress
+            checkEq(progress.sent to progress.toSend, 2uL to 2uL, "progress at the end")
+            // A request runs one more round; a manual sync meanwhile waits its turn.
+            background.requestSync()
+            checkEq(phone.syncChecked().sent, 0uL, "a manual sync beside the background one")
+            states.until { it is SyncState.Idle && states.seen().size > seen.size }
+        }
+    },
+
+    "a wrong fingerprint is Certificate, not no signal" to {
+        val (server, codes) = server(ZHANG3)
+        val phone = phone("phone")
+        val e = expectThrows<FieldSyncException.Certificate>("enroll with a wrong fingerprint") {
+            phone.enroll(server.address, "ab".repeat(32), codes.getValue(ZHANG3.id), deadlineSeconds = 10u)
+        }
+        check(e.message!!.contains("certificate")) { "message: ${e.message}" }
+        checkEq(phone.enrollment(), null, "not enrolled")
+        phone.enrollWith(server, codes, ZHANG3)
+    },
+
     "a revoked phone is refused and keeps its records" to {
         val (server, codes) = server(ZHANG3)
         val phone = phone("lost")
@@ -253,6 +346,17 @@ val tests = linkedMapOf<String, suspend Env.() -> Unit>(
         expectThrows<FieldSyncException.Unauthorized>("sync after revocation") { phone.sync(null) }
         checkEq(phone.pendingCount(), 1uL, "pending kept")
         check(phone.get(kept) != null) { "record kept" }
+        // In the background: Failed with what to do (enroll again), and not retried.
+        val states = States()
+        BackgroundSync(phone, states, FAST).use { background ->
+            background.requestSync()
+            val failed = states.until { it is SyncState.Failed } as SyncState.Failed
+            checkEq(failed.kind, SyncFailure.UNAUTHORIZED, "failure kind")
+            val seen = states.seen()
+            delay(3_000) // a retry after 1-2 s would show by now
+            checkEq(states.seen(), seen, "states after Failed (no retry)")
+            checkEq(names(seen), listOf("Idle", "Syncing", "Failed"), "state sequence")
+        }
         val bad = phone("bad-code")
         expectThrows<FieldSyncException.Refused>("unknown enrollment code") {
             bad.enroll(server.address, server.fingerprint, "NOTACODE23")

@@ -87,8 +87,9 @@ async def test_two_phones_record_offline_sync_and_see_what_their_scopes_allow(
     check_in = zhang3.check_in("清洁家园", "幸福社区", day(8), day(10, 30), lat=28.2, lon=112.9)
     assert (li4.pending_count(), chen7.pending_count(), zhang3.pending_count()) == (2, 2, 1)
 
-    # A sync while offline fails as a network error, changes nothing, and never blocks the
-    # caller's event loop (an app's UI thread) while it waits.
+    # A sync while offline fails as a network error once its deadline has passed (it keeps
+    # trying to reconnect until then), changes nothing, and never blocks the caller's event
+    # loop (an app's UI thread) while it waits.
     ticks = 0
 
     async def ticker():
@@ -100,7 +101,7 @@ async def test_two_phones_record_offline_sync_and_see_what_their_scopes_allow(
     tick_task = asyncio.create_task(ticker())
     started = time.monotonic()
     with pytest.raises(Err.Network) as offline:
-        await li4.sync()
+        await li4.sync(deadline_seconds=3)
     waited = time.monotonic() - started
     tick_task.cancel()
     assert str(offline.value), "the error carries a message"
@@ -324,8 +325,9 @@ async def test_enrollment_errors(make_server, open_store):
         await phone.enroll(s.address, s.fingerprint, "NOTACODE23")
     with pytest.raises(Err.InvalidInput, match="fingerprint"):
         await phone.enroll(s.address, "not-hex", cluster.codes["zhang3"])
-    # A server whose certificate is not the pinned one is never talked to.
-    with pytest.raises(Err.Network):
+    # A server whose certificate is not the pinned one is never talked to, and the phone is
+    # told so (not "no signal"): trying again would not help.
+    with pytest.raises(Err.Certificate, match="certificate"):
         await phone.enroll(s.address, "00" * 32, cluster.codes["zhang3"])
     assert phone.enrollment() is None
     await phone.enroll(s.address, s.fingerprint, cluster.codes["zhang3"])

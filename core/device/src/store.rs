@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use automerge::{ActorId, AutoCommit, ChangeHash, ReadDoc};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -136,8 +137,12 @@ pub struct HoursSummary {
 }
 
 /// A device's local store.
+///
+/// Cheap to clone (the database is shared), so store work can run on a blocking thread while
+/// the async round waits for it.
+#[derive(Clone)]
 pub struct DeviceStore {
-    db: Database,
+    db: Arc<Database>,
     identity: KeyAndCert,
     actor: ActorId,
 }
@@ -179,7 +184,7 @@ impl DeviceStore {
         tx.commit()?;
         let actor = ActorId::from(tls::device_key_id(&identity.cert)?);
         Ok(DeviceStore {
-            db,
+            db: Arc::new(db),
             identity,
             actor,
         })

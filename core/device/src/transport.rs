@@ -3,6 +3,8 @@
 //! Both ends read a frame the same way: the length prefix is checked against the cap before
 //! the body is allocated, then the body is decoded (inflated through a bounded counter).
 
+use std::time::Duration;
+
 use fieldsync_proto::protocol::{self, LENGTH_PREFIX, Limits, ProtocolError};
 use serde::Deserialize;
 
@@ -43,20 +45,54 @@ async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), 
         })
 }
 
-/// QUIC transport limits shared by both ends: few streams, bounded flow-control windows
-/// (quinn's connection-wide window is unlimited by default).
-pub fn transport_config(max_frame_bytes: usize) -> quinn::TransportConfig {
+/// How long a connection may go silent before it is given up: longer than the outages of a
+/// 2G link (a 20 s gap must not end a round that can still finish on the same connection), and
+/// long enough that a handshake whose last flight was lost still completes when it is sent
+/// again. A dead server is still noticed well within a round's deadline.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a phone pings while a round waits (say on a large commit): often enough for NAT
+/// bindings and the idle timeout, rarely enough not to cost the link much.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// The first guess of the round-trip time: a 2G link's is ~600 ms, and quinn's default
+/// (333 ms) would fire the first probe timeout before a slow server flight can arrive,
+/// sending a padded Initial again for nothing.
+pub const INITIAL_RTT: Duration = Duration::from_millis(600);
+
+/// Transport settings of a phone's connection.
+///
+/// Path-MTU discovery is off: its probes are padded datagrams sent on every new connection
+/// (a third or more of all bytes of a small sync on 2G), and a phone's round moves a few
+/// kilobytes that the 1,200-byte minimum carries as well.
+pub fn phone_transport(max_frame_bytes: usize) -> quinn::TransportConfig {
+    let mut t = common(max_frame_bytes);
+    t.keep_alive_interval(Some(KEEP_ALIVE))
+        .initial_rtt(INITIAL_RTT);
+    t
+}
+
+/// Transport settings of the server's connections: no keep-alives of its own (the phone
+/// decides how long a connection is worth keeping, and an idle stranger is not kept alive by
+/// the server) and no path-MTU probes towards phones either.
+pub fn server_transport(max_frame_bytes: usize) -> quinn::TransportConfig {
+    let mut t = common(max_frame_bytes);
+    t.initial_rtt(INITIAL_RTT);
+    t
+}
+
+/// Limits both ends share: few streams, bounded flow-control windows (quinn's
+/// connection-wide window is unlimited by default), the idle timeout, no MTU probing.
+fn common(max_frame_bytes: usize) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     let window = quinn::VarInt::from_u32(u32::try_from(max_frame_bytes).unwrap_or(u32::MAX));
+    let idle = quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
+        .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000)));
     t.max_concurrent_bidi_streams(4u32.into())
         .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window(window)
         .receive_window(window)
-        // A dead server is noticed within seconds, not minutes; keep-alives hold the connection
-        // open while a slow link or a large commit is under way.
-        .keep_alive_interval(Some(std::time::Duration::from_secs(2)))
-        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-            8_000,
-        ))));
+        .max_idle_timeout(Some(idle))
+        .mtu_discovery_config(None);
     t
 }

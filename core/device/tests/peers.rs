@@ -8,8 +8,8 @@ use fieldsync_device::store::DeviceStore;
 use fieldsync_proto::access::{DeviceCtx, Role};
 use fieldsync_proto::model::{FieldValue, Kind};
 use fieldsync_proto::protocol::{
-    Changed, ClientMsg, Cursor, DocData, DocId, Hash, Limits, Outcome, PushDoc, PushResult,
-    ServerMsg, SyncReply, Want,
+    Changed, Changes, ClientMsg, Cursor, DocData, DocId, Hash, Limits, Outcome, PushDoc,
+    PushResult, ServerMsg, Want,
 };
 use fieldsync_proto::sync::{
     self, RoundDriver, RoundError, ServerEffect, ServerExchange, ServerInput, StorageFailure,
@@ -19,7 +19,11 @@ use fieldsync_proto::sync::{
 /// The server's storage as plain maps: for this harness only, never instead of redb.
 #[derive(Default)]
 struct MemoryBackend {
-    docs: BTreeMap<DocId, (StoredDoc, u64, Vec<Hash>)>,
+    /// Each document with its feed seq, heads, and the device that holds it whole if its
+    /// latest change was that device's push.
+    docs: BTreeMap<DocId, (StoredDoc, u64, Vec<Hash>, Option<String>)>,
+    /// Each device's last committed batch and its outcomes.
+    batches: BTreeMap<String, (u64, Vec<PushResult>)>,
     seq: u64,
     commits: usize,
 }
@@ -31,22 +35,35 @@ impl MemoryBackend {
         loop {
             let input = match effect {
                 ServerEffect::Reply(reply) => return reply,
-                ServerEffect::Commit(push) => ServerInput::Committed(Ok(self.commit(ctx, push))),
-                ServerEffect::ReadFeed { cursors, limit } => {
-                    ServerInput::Feed(Ok(self.changes_since(ctx, &cursors, limit)))
+                ServerEffect::Commit { batch, docs } => {
+                    ServerInput::Committed(Ok(self.commit(ctx, batch, docs)))
                 }
+                ServerEffect::ReadFeed {
+                    cursors,
+                    fresh,
+                    limit,
+                    ..
+                } => ServerInput::Feed(Ok(self.changes_since(ctx, &cursors, &fresh, limit))),
                 ServerEffect::Fetch { want, .. } => ServerInput::Fetched(self.fetch(ctx, &want)),
             };
             effect = exchange.handle(input);
         }
     }
 
-    fn commit(&mut self, ctx: &DeviceCtx, push: Vec<PushDoc>) -> Vec<PushResult> {
+    fn commit(&mut self, ctx: &DeviceCtx, batch: u64, push: Vec<PushDoc>) -> Vec<PushResult> {
+        if let Some((_, outcomes)) = self
+            .batches
+            .get(&ctx.device_id)
+            .filter(|(id, _)| *id == batch)
+        {
+            return outcomes.clone();
+        }
         self.commits += 1;
         let limits = Limits::default();
-        push.into_iter()
+        let outcomes: Vec<PushResult> = push
+            .into_iter()
             .map(|p| {
-                let existing = self.docs.get(&p.id).map(|(d, _, _)| d.clone());
+                let existing = self.docs.get(&p.id).map(|(d, ..)| d.clone());
                 let outcome = match sync::merge_push(existing.as_ref(), &p, ctx, &limits) {
                     Err(reason) => Outcome::Refused { reason },
                     Ok(m) => {
@@ -57,56 +74,68 @@ impl MemoryBackend {
                                 scope: p.scope.clone(),
                                 bytes,
                             };
-                            self.docs.insert(p.id, (stored, self.seq, m.heads.clone()));
+                            let writer = m.pusher_has_all.then(|| ctx.device_id.clone());
+                            self.docs
+                                .insert(p.id, (stored, self.seq, m.heads.clone(), writer));
                         }
                         Outcome::Accepted { heads: m.heads }
                     }
                 };
                 PushResult { id: p.id, outcome }
             })
-            .collect()
+            .collect();
+        self.batches
+            .insert(ctx.device_id.clone(), (batch, outcomes.clone()));
+        outcomes
     }
 
-    fn changes_since(&self, ctx: &DeviceCtx, cursors: &[Cursor], limit: usize) -> SyncReply {
-        let mut scopes: Vec<String> = self
-            .docs
-            .values()
-            .map(|(d, _, _)| d.scope.clone())
-            .collect();
+    fn changes_since(
+        &self,
+        ctx: &DeviceCtx,
+        cursors: &[Cursor],
+        fresh: &[String],
+        limit: usize,
+    ) -> Changes {
+        let mut scopes: Vec<String> = self.docs.values().map(|(d, ..)| d.scope.clone()).collect();
         scopes.sort();
         scopes.dedup();
         scopes.retain(|s| ctx.may_read(s));
-        let mut changed = Vec::new();
-        let mut out = Vec::new();
+        let mut out = Changes::default();
         for scope in scopes {
-            let from = cursors
-                .iter()
-                .find(|c| c.scope == scope)
-                .map_or(0, |c| c.seq);
+            let cursor = cursors.iter().find(|c| c.scope == scope);
+            let whole = cursor.is_none() || fresh.contains(&scope);
+            let from = cursor.map_or(0, |c| c.seq);
             let mut entries: Vec<_> = self
                 .docs
                 .iter()
-                .filter(|(_, (d, seq, _))| d.scope == scope && *seq > from)
+                .filter(|(_, (d, seq, ..))| d.scope == scope && *seq > from)
                 .collect();
-            entries.sort_by_key(|(_, (_, seq, _))| *seq);
+            entries.sort_by_key(|(_, (_, seq, ..))| *seq);
             let mut last = from;
-            for (id, (d, seq, heads)) in entries.into_iter().take(limit) {
+            for (id, (d, seq, heads, writer)) in entries.into_iter().take(limit) {
                 last = *seq;
-                changed.push(Changed {
-                    id: *id,
-                    kind: d.kind,
-                    scope: d.scope.clone(),
-                    heads: heads.clone(),
-                });
+                if writer.as_deref() == Some(ctx.device_id.as_str()) {
+                    continue;
+                }
+                if whole {
+                    out.docs.push(DocData {
+                        id: *id,
+                        kind: d.kind,
+                        scope: d.scope.clone(),
+                        bytes: d.bytes.clone(),
+                    });
+                } else {
+                    out.changed.push(Changed {
+                        id: *id,
+                        kind: d.kind,
+                        scope: d.scope.clone(),
+                        heads: heads.clone(),
+                    });
+                }
             }
-            out.push(Cursor { scope, seq: last });
+            out.cursors.push(Cursor { scope, seq: last });
         }
-        SyncReply {
-            results: Vec::new(),
-            changed,
-            cursors: out,
-            more: false,
-        }
+        out
     }
 
     fn fetch(
@@ -116,7 +145,7 @@ impl MemoryBackend {
     ) -> Result<(Vec<DocData>, usize), StorageFailure> {
         let docs = want
             .iter()
-            .filter_map(|w| self.docs.get(&w.id).map(|(d, _, _)| (w, d)))
+            .filter_map(|w| self.docs.get(&w.id).map(|(d, ..)| (w, d)))
             .filter(|(_, d)| ctx.may_read(&d.scope))
             .map(|(w, d)| {
                 Ok(DocData {
@@ -134,7 +163,15 @@ impl MemoryBackend {
 struct Peer {
     store: DeviceStore,
     ctx: DeviceCtx,
+    /// Batch ids are the driver's to choose; a counter keeps them unique per peer here.
+    next_batch: std::cell::Cell<u64>,
 }
+
+/// Small batches, so the seeded runs push in several batches.
+const BATCH: sync::BatchLimits = sync::BatchLimits {
+    max_docs: 3,
+    max_bytes: 64 * 1024,
+};
 
 /// Drives a round straight into the backend, as the QUIC driver does over the network.
 struct InProcess<'a> {
@@ -152,7 +189,7 @@ impl RoundDriver for InProcess<'_> {
         Ok(self.server.serve(&self.peer.ctx, msg))
     }
 
-    fn acknowledge(
+    async fn acknowledge(
         &mut self,
         accepted: Vec<(DocId, Vec<Hash>)>,
         refused: Vec<(DocId, String)>,
@@ -164,18 +201,22 @@ impl RoundDriver for InProcess<'_> {
             .map_err(|e| e.to_string())?)
     }
 
-    fn local_heads(
+    async fn local_heads(
         &mut self,
-        changed: &[Changed],
+        changed: Vec<Changed>,
     ) -> Result<Vec<(DocId, Vec<Hash>)>, HarnessError> {
         Ok(self
             .peer
             .store
-            .local_heads(changed)
+            .local_heads(&changed)
             .map_err(|e| e.to_string())?)
     }
 
-    fn apply(&mut self, docs: Vec<DocData>, cursors: Vec<Cursor>) -> Result<(), HarnessError> {
+    async fn apply(
+        &mut self,
+        docs: Vec<DocData>,
+        cursors: Vec<Cursor>,
+    ) -> Result<(), HarnessError> {
         Ok(self
             .peer
             .store
@@ -216,9 +257,14 @@ fn sync_peer(peer: &Peer, server: &mut MemoryBackend) -> (sync::RoundReport, usi
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let report = rt
-        .block_on(sync::drive_round(&mut driver, pending, cursors))
-        .unwrap();
+    let start = sync::RoundStart {
+        pending,
+        cursors,
+        first_batch: peer.next_batch.get(),
+        limits: BATCH,
+    };
+    peer.next_batch.set(peer.next_batch.get() + 1_000);
+    let report = rt.block_on(sync::drive_round(&mut driver, start)).unwrap();
     assert_progress_sane(&driver.progress, pending_count, &report);
     let exchanges = driver.exchanges;
     (report, exchanges)
@@ -281,6 +327,7 @@ fn peer(dir: &std::path::Path, name: &str, role: Role, scopes: &[&str]) -> Peer 
             scopes: scopes.iter().map(|s| s.parse().expect("scope")).collect(),
         },
         store,
+        next_batch: std::cell::Cell::new(1),
     }
 }
 
@@ -363,9 +410,10 @@ fn seeded_offline_edits_converge_on_every_peer_in_scope() {
                     "seed {seed}: {:?}",
                     report.refused
                 );
+                let batches = report.sent.div_ceil(BATCH.max_docs).max(1);
                 assert!(
-                    exchanges <= 2,
-                    "a round is at most two exchanges, got {exchanges}"
+                    exchanges <= batches + 1,
+                    "a round is its batches and at most one fetch, got {exchanges}"
                 );
             }
         }
@@ -388,12 +436,12 @@ fn seeded_offline_edits_converge_on_every_peer_in_scope() {
 }
 
 #[test]
-fn a_round_costs_the_same_exchanges_for_one_or_many_documents() {
+fn exchanges_grow_with_batches_not_documents() {
     let tmp = tempfile::tempdir().unwrap();
     let mut server = MemoryBackend::default();
     let a = peer(tmp.path(), "a", Role::Village, &["village:1"]);
     let b = peer(tmp.path(), "b", Role::Village, &["village:1"]);
-    for n in [1usize, 200] {
+    for (n, b_is_fresh) in [(1usize, true), (200, false)] {
         for i in 0..n {
             a.store
                 .create(
@@ -406,13 +454,26 @@ fn a_round_costs_the_same_exchanges_for_one_or_many_documents() {
         let commits_before = server.commits;
         let (push, push_exchanges) = sync_peer(&a, &mut server);
         assert_eq!(push.sent, n);
-        assert_eq!(server.commits - commits_before, 1, "one commit per round");
+        let batches = n.div_ceil(BATCH.max_docs);
+        assert_eq!(push_exchanges, batches, "push: one exchange per batch");
+        assert_eq!(
+            server.commits - commits_before,
+            batches,
+            "one commit per batch"
+        );
+        assert_eq!(
+            push.received, 0,
+            "nothing of its own comes back to the pusher"
+        );
         let (pull, pull_exchanges) = sync_peer(&b, &mut server);
         assert_eq!(pull.received, n);
-        assert_eq!(
-            push_exchanges, 1,
-            "push: one exchange whatever the number of records"
-        );
-        assert_eq!(pull_exchanges, 2, "pull: sync then fetch");
+        if b_is_fresh {
+            assert_eq!(
+                pull_exchanges, 1,
+                "a fresh phone: the documents come whole at once"
+            );
+        } else {
+            assert_eq!(pull_exchanges, 2, "pull: the list of heads, then one fetch");
+        }
     }
 }

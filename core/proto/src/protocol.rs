@@ -6,10 +6,15 @@
 //! against the cap before anything is allocated, and a deflated body is inflated through a
 //! counter that stops at the cap, so neither a lying length nor a zip bomb costs memory.
 //!
-//! A sync round is at most two exchanges: `Sync` pushes every pending document and asks what
-//! changed in the device's scopes since its cursors; `Fetch` sends the device's heads of the
-//! changed documents it lacks and receives exactly the missing changes. Batching every document
-//! into these two messages keeps a round at a constant number of round trips.
+//! A round is a few exchanges whatever the number of documents. `Sync` carries one batch of
+//! pending documents and/or a pull since the device's cursors; pending documents go in bounded
+//! batches, each acknowledged durably on its own, so a reply lost with the signal costs one
+//! batch, and the last batch travels with the pull. The reply acknowledges the batch by its id
+//! and names only the refused documents (the device knows what it pushed), and lists what
+//! changed in the device's scopes — leaving out documents whose latest change is the asking
+//! device's own push. For scopes the device has nothing of yet (a fresh phone) the reply holds
+//! the documents themselves; otherwise `Fetch` sends the device's heads of the changed
+//! documents it lacks and receives exactly the missing changes.
 
 use std::io::Read;
 
@@ -18,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::Kind;
 
 /// The protocol version this build speaks; both sides refuse any other.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The ALPN protocol id of fieldsync over QUIC.
 pub const ALPN: &[u8] = b"fieldsync/1";
@@ -97,14 +102,14 @@ pub enum ClientMsg {
         /// The one-time code an admin issued.
         code: String,
     },
-    /// Pushes every pending document and asks for changes since the cursors.
+    /// Pushes one batch of pending documents and/or pulls what changed since the cursors.
     Sync {
         /// The protocol version the device speaks.
         version: u16,
-        /// Every document with changes the server has not acknowledged.
-        push: Vec<PushDoc>,
-        /// Where the device stands in each of its scopes.
-        cursors: Vec<Cursor>,
+        /// Pending documents to store, if any are left to push.
+        batch: Option<Batch>,
+        /// What to pull, on the round's last exchange of pushes (or alone).
+        pull: Option<Pull>,
     },
     /// Asks for the changes of documents the device lacks, given what it has.
     Fetch {
@@ -177,21 +182,71 @@ pub struct Cursor {
     pub seq: u64,
 }
 
+/// A bounded batch of pending documents, acknowledged on its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Chosen by the device, the same when the batch is sent again after a lost reply: the
+    /// server answers a batch it already committed from its record, without merging again.
+    pub id: u64,
+    /// The documents, each with every change the server has not acknowledged.
+    pub docs: Vec<PushDoc>,
+}
+
+/// What a device asks to pull.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pull {
+    /// Where the device stands in each scope it has pulled before.
+    pub cursors: Vec<Cursor>,
+    /// Scopes the device held nothing of when its round started (and has been paging through
+    /// since): their documents come whole in the reply, with no list of heads to compare.
+    /// Scopes missing from `cursors` count as fresh too.
+    pub fresh: Vec<String>,
+}
+
 /// The server's answer to `Sync`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SyncReply {
-    /// One result per pushed document, in push order.
-    pub results: Vec<PushResult>,
-    /// Documents changed in the device's scopes since its cursors, with their current heads.
+    /// The verdict on the batch, if one was pushed.
+    pub batch: Option<BatchAck>,
+    /// What changed, if a pull was asked.
+    pub pull: Option<Changes>,
+}
+
+/// The server's verdict on a batch: every document not named in `refused` is durably stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchAck {
+    /// The batch's id.
+    pub id: u64,
+    /// The documents refused whole and stored nowhere, with the reasons.
+    pub refused: Vec<Refusal>,
+}
+
+/// A pushed document the server refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The record's id.
+    pub id: DocId,
+    /// Why, for the person.
+    pub reason: String,
+}
+
+/// What changed in a device's scopes since its cursors.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct Changes {
+    /// Documents changed since the cursors, with their current heads, for the device to
+    /// compare with its own and fetch what it lacks.
     pub changed: Vec<Changed>,
+    /// Documents of fresh scopes, whole.
+    pub docs: Vec<DocData>,
     /// The cursors to store once every changed document has been applied.
     pub cursors: Vec<Cursor>,
-    /// More changes wait beyond this page: run `Sync` again with the new cursors.
+    /// More changes wait beyond this page: pull again with the new cursors.
     pub more: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-/// The server's verdict on one pushed document.
+/// The server's verdict on one pushed document, as its storage gives it; on the wire a batch
+/// is answered by a [`BatchAck`] naming only the refused.
 pub struct PushResult {
     /// The pushed document.
     pub id: DocId,
@@ -501,18 +556,24 @@ mod tests {
     fn sync_msg(n: usize) -> ClientMsg {
         ClientMsg::Sync {
             version: PROTOCOL_VERSION,
-            push: (0..n)
-                .map(|i| PushDoc {
-                    id: [i as u8; 16],
-                    kind: Kind::CheckIn,
+            batch: Some(Batch {
+                id: 7,
+                docs: (0..n)
+                    .map(|i| PushDoc {
+                        id: [i as u8; 16],
+                        kind: Kind::CheckIn,
+                        scope: "team:1".into(),
+                        changes: vec![7; 300],
+                    })
+                    .collect(),
+            }),
+            pull: Some(Pull {
+                cursors: vec![Cursor {
                     scope: "team:1".into(),
-                    changes: vec![7; 300],
-                })
-                .collect(),
-            cursors: vec![Cursor {
-                scope: "team:1".into(),
-                seq: 9,
-            }],
+                    seq: 9,
+                }],
+                fresh: vec![],
+            }),
         }
     }
 

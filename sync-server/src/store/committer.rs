@@ -11,15 +11,14 @@ use fieldsync_proto::access::DeviceCtx;
 use fieldsync_proto::protocol::{Limits, PushResult};
 use tokio::sync::{oneshot, watch};
 
-use super::{Prepared, ServerStore, StoreError};
+use super::{Prepared, PreparedRound, ServerStore, StoreError};
 
 /// What a round hears back from the commit thread: its results, or why the commit failed.
 type Reply = Result<Vec<PushResult>, String>;
 
 /// A round waiting to be committed.
 struct Job {
-    ctx: DeviceCtx,
-    push: Vec<Prepared>,
+    round: Option<PreparedRound>,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -61,37 +60,48 @@ impl Committer {
             })
     }
 
-    /// Queues a round and waits until it is durably committed, holding no thread meanwhile.
+    /// Queues a device's batch and waits until it is durably committed, holding no thread
+    /// meanwhile; the batch's id is recorded with its outcomes in the same transaction.
     pub async fn commit(
         &self,
         ctx: &DeviceCtx,
+        batch: Option<u64>,
         push: Vec<Prepared>,
     ) -> Result<Vec<PushResult>, StoreError> {
-        let reply = self.queue(ctx, push)?;
+        let reply = self.queue(PreparedRound {
+            ctx: ctx.clone(),
+            batch,
+            push,
+        })?;
         answer(reply.await)
     }
 
-    /// Queues a round and waits (blocking) until it is durably committed.
+    /// Queues a change and waits (blocking) until it is durably committed; for dashboard
+    /// changes, which run on the blocking pool already.
     pub fn commit_blocking(
         &self,
         ctx: &DeviceCtx,
         push: Vec<Prepared>,
     ) -> Result<Vec<PushResult>, StoreError> {
-        let reply = self.queue(ctx, push)?;
+        let reply = self.queue(PreparedRound {
+            ctx: ctx.clone(),
+            batch: None,
+            push,
+        })?;
         answer(reply.blocking_recv())
     }
 
+    /// Records that a device synced (a round that only pulled), in the next group commit.
+    pub async fn touch(&self, ctx: &DeviceCtx) -> Result<(), StoreError> {
+        self.commit(ctx, None, Vec::new()).await.map(|_| ())
+    }
+
     /// Hands a round to the commit thread; the receiver gets its reply.
-    fn queue(
-        &self,
-        ctx: &DeviceCtx,
-        push: Vec<Prepared>,
-    ) -> Result<oneshot::Receiver<Reply>, StoreError> {
+    fn queue(&self, round: PreparedRound) -> Result<oneshot::Receiver<Reply>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job {
-                ctx: ctx.clone(),
-                push,
+                round: Some(round),
                 reply,
             })
             .map_err(|_| StoreError::ShuttingDown)?;
@@ -135,11 +145,8 @@ impl CommitThread {
 
     /// Commits one batch in one durable transaction and answers each of its rounds.
     fn commit(&self, mut batch: Vec<Job>) {
-        let rounds: Vec<(DeviceCtx, Vec<Prepared>)> = batch
-            .iter_mut()
-            .map(|j| (j.ctx.clone(), std::mem::take(&mut j.push)))
-            .collect();
-        let docs: usize = rounds.iter().map(|(_, p)| p.len()).sum();
+        let rounds: Vec<PreparedRound> = batch.iter_mut().filter_map(|j| j.round.take()).collect();
+        let docs: usize = rounds.iter().map(|r| r.push.len()).sum();
         tracing::info!(rounds = rounds.len(), docs, "committing");
         let started = std::time::Instant::now();
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -235,7 +242,7 @@ mod tests {
             1,
         )?;
         let prepared = store.prepare(ctx, vec![push(&mut record, &[])], &Limits::default())?;
-        let results = committer.commit(ctx, prepared).await?;
+        let results = committer.commit(ctx, None, prepared).await?;
         assert_eq!(results.len(), 1);
         assert!(accepted(&results), "{results:?}");
         assert!(store.record_view(record.id())?.is_some());
@@ -260,7 +267,7 @@ mod tests {
             1,
         )?;
         let prepared = store.prepare(&ctxs[0], vec![push(&mut first, &[])], &limits)?;
-        assert!(accepted(&committer.commit(&ctxs[0], prepared).await?));
+        assert!(accepted(&committer.commit(&ctxs[0], None, prepared).await?));
 
         let base = first.heads();
         let mut second = Record::load(first.id(), &first.save())?;
@@ -269,13 +276,65 @@ mod tests {
         second.update(&[("bus_service".into(), FieldValue::Bool(true))], 2)?;
         let a = store.prepare(&ctxs[0], vec![push(&mut first, &base)], &limits)?;
         let b = store.prepare(&ctxs[1], vec![push(&mut second, &base)], &limits)?;
-        assert!(accepted(&committer.commit(&ctxs[0], a).await?));
-        assert!(accepted(&committer.commit(&ctxs[1], b).await?));
+        assert!(accepted(&committer.commit(&ctxs[0], None, a).await?));
+        assert!(accepted(&committer.commit(&ctxs[1], None, b).await?));
 
         let view = store.record_view(first.id())?.ok_or("no view")?;
         assert_eq!(view.fields["licensed_doctors"], FieldValue::Integer(2));
         assert_eq!(view.fields["bus_service"], FieldValue::Bool(true));
         assert_eq!(store.receipts(first.id())?.len(), 3);
+        Ok(())
+    }
+
+    /// A committed batch is recorded with its outcomes; the feed leaves the pusher's own
+    /// document out for the pusher, lists it for others, and sends it whole to a fresh phone.
+    #[tokio::test]
+    async fn batches_are_recorded_and_own_pushes_not_listed_back() -> TestResult {
+        let (store, ctxs) = store_with(&["0101", "0202"])?;
+        let (pusher, other) = (&ctxs[0], &ctxs[1]);
+        let committer = committer(&store);
+        let mut record = Record::create(
+            Kind::VillageSurvey,
+            "village:1",
+            ActorId::from(pusher.actor.clone()),
+            &[("village".into(), FieldValue::Text("大坪村".into()))],
+            1,
+        )?;
+        let prepared = store.prepare(pusher, vec![push(&mut record, &[])], &Limits::default())?;
+        let results = committer.commit(pusher, Some(7), prepared).await?;
+        assert_eq!(store.recorded_batch(&pusher.device_id, 7)?, Some(results));
+        assert_eq!(store.recorded_batch(&pusher.device_id, 8)?, None);
+        assert_eq!(store.recorded_batch(&other.device_id, 7)?, None);
+
+        let cursor = vec![fieldsync_proto::protocol::Cursor {
+            scope: "village:1".into(),
+            seq: 0,
+        }];
+        let own = store.changes_since(pusher, &cursor, &[], 100, 1 << 20)?;
+        assert!(own.changed.is_empty() && own.docs.is_empty(), "{own:?}");
+        assert_eq!(own.cursors[0].seq, 1, "the cursor still moves past it");
+        let listed = store.changes_since(other, &cursor, &[], 100, 1 << 20)?;
+        assert_eq!(listed.changed.len(), 1);
+        assert!(listed.docs.is_empty());
+        let fresh = store.changes_since(other, &[], &[], 100, 1 << 20)?;
+        assert!(fresh.changed.is_empty());
+        assert_eq!(fresh.docs.len(), 1, "a fresh scope gets the document whole");
+        assert_eq!(fresh.docs[0].id, *record.id().as_bytes());
+
+        // Someone else's change: the document is listed for the first pusher again.
+        let mut theirs = Record::load(record.id(), &record.save())?;
+        theirs.set_actor(ActorId::from(other.actor.clone()));
+        let before = theirs.heads();
+        theirs.update(&[("licensed_doctors".into(), FieldValue::Integer(3))], 2)?;
+        let prepared =
+            store.prepare(other, vec![push(&mut theirs, &before)], &Limits::default())?;
+        assert!(accepted(&committer.commit(other, Some(1), prepared).await?));
+        let now = store.changes_since(pusher, &cursor, &[], 100, 1 << 20)?;
+        assert_eq!(
+            now.changed.len(),
+            1,
+            "another device's change is listed back"
+        );
         Ok(())
     }
 
@@ -288,7 +347,7 @@ mod tests {
         let committer = Committer { jobs };
         let prepared = store.prepare(&ctxs[0], Vec::new(), &Limits::default())?;
         assert!(matches!(
-            committer.commit(&ctxs[0], prepared).await,
+            committer.commit(&ctxs[0], None, prepared).await,
             Err(StoreError::ShuttingDown)
         ));
         Ok(())

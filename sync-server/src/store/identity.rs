@@ -106,6 +106,20 @@ impl ServerStore {
             let Some(entry) = codes.get_decoded(code)? else {
                 return Err(StoreError::BadCode("unknown enrollment code".into()));
             };
+            // The same device sending the code it enrolled with: its reply was lost. Answer
+            // the same enrollment again (even past the code's expiry: it was used in time).
+            if entry.used_by.as_deref() == Some(device_id) {
+                let device = devices.get_decoded(device_id)?;
+                let user = users.get_decoded(entry.user_id.as_str())?;
+                return match (device, user) {
+                    (Some(device), Some(user)) if !device.revoked && device.user_id == user.id => {
+                        Ok((user, device))
+                    }
+                    _ => Err(StoreError::BadCode(
+                        "this enrollment code was already used".into(),
+                    )),
+                };
+            }
             if entry.used_by.is_some() {
                 return Err(StoreError::BadCode(
                     "this enrollment code was already used".into(),

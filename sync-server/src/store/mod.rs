@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 pub use committer::Committer;
 pub use identity::{Device, User};
-pub use records::{Prepared, Receipt};
+pub use records::{Prepared, PreparedRound, Receipt};
 pub use webauth::{ApiToken, WebSession};
 
 use tables::{Codec, ReadTyped, Typed, WriteTyped};

@@ -12,7 +12,7 @@ use fieldsync_proto::Scope;
 use fieldsync_proto::access::DeviceCtx;
 use fieldsync_proto::model::Kind;
 use fieldsync_proto::protocol::{
-    Changed, Cursor, DocData, Hash, Limits, Outcome, PushDoc, PushResult, SyncReply, Want,
+    Changed, Changes, Cursor, DocData, Hash, Limits, Outcome, PushDoc, PushResult, Want,
 };
 use fieldsync_proto::record::RecordView;
 use fieldsync_proto::sync::{self, StoredDoc};
@@ -31,6 +31,25 @@ pub(super) struct IndexEntry {
     pub(super) scope: String,
     pub(super) seq: u64,
     pub(super) heads: Vec<Hash>,
+}
+
+/// A device's last committed batch and its outcomes, kept to answer it again without
+/// merging when its reply was lost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct BatchRecord {
+    pub(super) id: u64,
+    pub(super) outcomes: Vec<PushResult>,
+}
+
+/// A round as the committer hands it over: whose, which batch, and its merged pushes. A
+/// round with no batch and no pushes only records that the device synced.
+pub struct PreparedRound {
+    /// The device.
+    pub ctx: DeviceCtx,
+    /// The batch's id, recorded with its outcomes in the same transaction.
+    pub batch: Option<u64>,
+    /// The merged pushes.
+    pub push: Vec<Prepared>,
 }
 
 /// Who delivered which changes of a record, and when the server received them.
@@ -102,6 +121,16 @@ impl ServerStore {
             .collect()
     }
 
+    /// The outcomes of the device's batch `batch` if it is the last one the device committed.
+    pub fn recorded_batch(
+        &self,
+        device_id: &str,
+        batch: u64,
+    ) -> Result<Option<Vec<PushResult>>, StoreError> {
+        let record: Option<BatchRecord> = self.get(BATCHES, device_id)?;
+        Ok(record.filter(|r| r.id == batch).map(|r| r.outcomes))
+    }
+
     /// Merges pushes against a read snapshot. This runs on the connection's own blocking task,
     /// so the merges of concurrent rounds use every core; the commit thread only writes.
     pub fn prepare(
@@ -133,7 +162,7 @@ impl ServerStore {
     /// per pushed document; a refused document writes nothing, the others of the round land.
     pub fn commit_rounds(
         &self,
-        rounds: Vec<(DeviceCtx, Vec<Prepared>)>,
+        rounds: Vec<PreparedRound>,
         limits: &Limits,
         now_ms: i64,
     ) -> Result<Vec<Vec<PushResult>>, StoreError> {
@@ -144,7 +173,7 @@ impl ServerStore {
             let mut writer = RoundWriter::open(&tx, limits, now_ms)?;
             let all = rounds
                 .into_iter()
-                .map(|(ctx, prepared)| writer.round(&ctx, prepared))
+                .map(|round| writer.round(round))
                 .collect::<Result<Vec<_>, _>>()?;
             writer.finish()?;
             all
@@ -153,16 +182,25 @@ impl ServerStore {
         Ok(all)
     }
 
-    /// Documents changed in the scopes `ctx` may read since `cursors`, at most `limit`.
+    /// What changed in the scopes `ctx` may read since `cursors`, at most `limit` documents.
+    ///
+    /// Documents of fresh scopes (in `fresh`, or without a cursor) come whole until `budget`
+    /// bytes are reached; the others are listed with their heads. A document whose latest
+    /// change is this device's own push that left it holding everything is left out (the
+    /// cursor still moves past it).
     pub fn changes_since(
         &self,
         ctx: &DeviceCtx,
         cursors: &[Cursor],
+        fresh: &[String],
         limit: usize,
-    ) -> Result<SyncReply, StoreError> {
+        budget: usize,
+    ) -> Result<Changes, StoreError> {
         let tx = self.db.begin_read()?;
         let feed = tx.open_table(FEED)?;
         let index = tx.open_table(INDEX)?;
+        let docs = tx.open_table(DOCS)?;
+        let writers = tx.open_table(WRITERS)?;
         let scopes: Vec<String> = if ctx.role.reads_everything() {
             let table = tx.open_table(SCOPES)?;
             table
@@ -172,46 +210,63 @@ impl ServerStore {
         } else {
             ctx.scopes.iter().map(Scope::to_string).collect()
         };
-        let mut changed = Vec::new();
-        let mut new_cursors = Vec::new();
-        let mut more = false;
+        let mut out = Changes::default();
+        let mut bytes = 0;
         for scope in scopes {
-            let from = cursors
-                .iter()
-                .find(|c| c.scope == scope)
-                .map_or(0, |c| c.seq);
+            let cursor = cursors.iter().find(|c| c.scope == scope);
+            let whole = cursor.is_none() || fresh.contains(&scope);
+            let from = cursor.map_or(0, |c| c.seq);
             let mut last = from;
             for entry in
                 feed.range((scope.as_str(), from.saturating_add(1))..=(scope.as_str(), u64::MAX))?
             {
-                if changed.len() >= limit {
-                    more = true;
+                if out.changed.len() + out.docs.len() >= limit || bytes >= budget {
+                    out.more = true;
                     break;
                 }
                 let (k, v) = entry?;
                 let key = v.value();
+                last = k.value().1;
+                if writers
+                    .get(key)?
+                    .is_some_and(|w| w.value() == ctx.device_id)
+                {
+                    continue;
+                }
                 let Some(e) = index.get_decoded(key)? else {
                     return Err(StoreError::Corrupt("feed entry without index".into()));
                 };
-                last = k.value().1;
-                changed.push(Changed {
-                    id: *Uuid::from_u128(key).as_bytes(),
-                    kind: e.kind,
-                    scope: e.scope,
-                    heads: e.heads,
-                });
+                let id = *Uuid::from_u128(key).as_bytes();
+                if whole {
+                    let Some(doc) = docs.get(key)? else {
+                        return Err(StoreError::Corrupt(format!(
+                            "record {} has no document",
+                            Uuid::from_u128(key)
+                        )));
+                    };
+                    let doc = doc.value().to_vec();
+                    bytes += doc.len();
+                    out.docs.push(DocData {
+                        id,
+                        kind: e.kind,
+                        scope: e.scope,
+                        bytes: doc,
+                    });
+                } else {
+                    out.changed.push(Changed {
+                        id,
+                        kind: e.kind,
+                        scope: e.scope,
+                        heads: e.heads,
+                    });
+                }
             }
-            new_cursors.push(Cursor { scope, seq: last });
-            if more {
+            out.cursors.push(Cursor { scope, seq: last });
+            if out.more {
                 break;
             }
         }
-        Ok(SyncReply {
-            results: Vec::new(),
-            changed,
-            cursors: new_cursors,
-            more,
-        })
+        Ok(out)
     }
 
     /// The changes of each wanted record that the device lacks; records it may not read are
@@ -277,6 +332,8 @@ struct RoundWriter<'tx, 'a> {
     receipts: Table<'tx, (u128, u64), Json<Receipt>>,
     meta: Table<'tx, &'static str, u64>,
     devices: Table<'tx, &'static str, Json<Device>>,
+    batches: Table<'tx, &'static str, Postcard<BatchRecord>>,
+    writers: Table<'tx, u128, &'static str>,
     limits: &'a Limits,
     /// Unix milliseconds the whole commit is stamped with.
     now_ms: i64,
@@ -303,6 +360,8 @@ impl<'tx, 'a> RoundWriter<'tx, 'a> {
             receipts: tx.open_table(RECEIPTS)?,
             meta,
             devices: tx.open_table(DEVICES)?,
+            batches: tx.open_table(BATCHES)?,
+            writers: tx.open_table(WRITERS)?,
             limits,
             now_ms,
             seq,
@@ -310,16 +369,21 @@ impl<'tx, 'a> RoundWriter<'tx, 'a> {
         })
     }
 
-    /// Writes one round's pushes, one result per push, and stamps its device.
-    fn round(
-        &mut self,
-        ctx: &DeviceCtx,
-        prepared: Vec<Prepared>,
-    ) -> Result<Vec<PushResult>, StoreError> {
-        let results = prepared
+    /// Writes one round's pushes, one result per push, records its batch and stamps its
+    /// device.
+    fn round(&mut self, round: PreparedRound) -> Result<Vec<PushResult>, StoreError> {
+        let PreparedRound { ctx, batch, push } = round;
+        let results = push
             .into_iter()
-            .map(|p| self.push(ctx, p))
+            .map(|p| self.push(&ctx, p))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(id) = batch {
+            let record = BatchRecord {
+                id,
+                outcomes: results.clone(),
+            };
+            self.batches.put_encoded(ctx.device_id.as_str(), &record)?;
+        }
         self.stamp_last_sync(&ctx.device_id)?;
         Ok(results)
     }
@@ -384,6 +448,11 @@ impl<'tx, 'a> RoundWriter<'tx, 'a> {
             heads: merged.heads.clone(),
         };
         self.index.put_encoded(key, &entry)?;
+        if merged.pusher_has_all {
+            self.writers.insert(key, ctx.device_id.as_str())?;
+        } else {
+            self.writers.remove(key)?;
+        }
         let receipt = Receipt {
             device_id: ctx.device_id.clone(),
             user_id: ctx.user_id.clone(),

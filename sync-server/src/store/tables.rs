@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 
 use super::StoreError;
 use super::identity::{Code, Device, User};
-use super::records::{IndexEntry, Receipt};
+use super::records::{BatchRecord, IndexEntry, Receipt};
 use super::webauth::{ApiToken, WebSession};
 
 /// Automerge bytes of each record: a saved document and/or appended change chunks.
@@ -58,6 +58,13 @@ pub(super) const SESSIONS: TableDefinition<&str, Json<WebSession>> =
     TableDefinition::new("sessions");
 /// API tokens by the SHA-256 (hex) of the token.
 pub(super) const TOKENS: TableDefinition<&str, Json<ApiToken>> = TableDefinition::new("tokens");
+/// The last batch each device committed, by device id, with its outcomes: a batch sent again
+/// after its reply was lost is answered from here without merging again.
+pub(super) const BATCHES: TableDefinition<&str, Postcard<BatchRecord>> =
+    TableDefinition::new("batches");
+/// Records whose latest change is a push that left its device holding the whole document:
+/// record → that device's id. The feed leaves these out for that device.
+pub(super) const WRITERS: TableDefinition<u128, &str> = TableDefinition::new("writers");
 /// Counters.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -71,7 +78,7 @@ pub(super) fn create_all(tx: &WriteTransaction) -> Result<(), TableError> {
     }
     create!(
         DOCS, VIEWS, INDEX, FEED, SCOPES, RECEIPTS, USERS, DEVICES, CODES, PASSWORDS, SESSIONS,
-        TOKENS, META
+        TOKENS, META, BATCHES, WRITERS
     );
     Ok(())
 }

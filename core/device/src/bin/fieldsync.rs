@@ -87,8 +87,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run one sync round.
-    Sync,
+    /// Run one sync round: push what is pending, pull what changed. The round rides out a
+    /// dropped signal (reconnecting with backoff) until the deadline.
+    Sync {
+        /// How long the round may take, reconnecting as needed (e.g. 90s, 2m, 10m).
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
+    },
     /// Pending and refused records, and the enrollment.
     Status {
         #[arg(long)]
@@ -192,16 +197,21 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| err(&e))?;
             print_views(&views, json, true)?;
         }
-        Command::Sync => {
+        Command::Sync { deadline } => {
+            let options = client::SyncOptions {
+                deadline,
+                ..client::SyncOptions::default()
+            };
             let (report, (tx, rx)) = runtime()?
-                .block_on(client::sync(&store, &mut |_| {}))
+                .block_on(client::sync_with(&store, &options, &mut |_| {}))
                 .map_err(|e| format!("sync failed, local data untouched: {e}"))?;
             println!(
-                "sync: sent {}, received {}, refused {} ({} exchanges, {tx} bytes out, {rx} bytes in)",
+                "sync: sent {}, received {}, refused {} ({} exchanges, {} connections, {tx} bytes out, {rx} bytes in)",
                 report.sent,
                 report.received,
                 report.refused.len(),
-                report.exchanges
+                report.exchanges,
+                report.connections
             );
             if !report.refused.is_empty() {
                 for (id, reason) in &report.refused {

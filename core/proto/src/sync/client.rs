@@ -2,14 +2,20 @@
 //!
 //! [`ClientRound`] holds no store and no socket; [`drive_round`] runs its effects in order
 //! against a [`RoundDriver`] (the QUIC client, or the in-process harness).
+//!
+//! Pending documents go in batches of at most [`BatchLimits`], each acknowledged (one durable
+//! write on the device) before the next is sent, so a reply lost with the signal costs that
+//! batch alone; the last batch carries the pull. A request whose reply never came is sent
+//! again as it was — same batch id — by the driver after it reconnects: the round's state
+//! only moves on a reply.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use uuid::Uuid;
 
 use crate::protocol::{
-    ClientMsg, Cursor, DocData, DocId, ErrorCode, Hash, Outcome, PROTOCOL_VERSION, PushDoc,
-    ServerMsg, SyncReply, Want,
+    Batch, BatchAck, Changed, Changes, ClientMsg, Cursor, DocData, DocId, ErrorCode, Hash,
+    PROTOCOL_VERSION, Pull, PushDoc, ServerMsg, SyncReply, Want,
 };
 
 /// One pending document of a device, with the local heads its push carries.
@@ -19,6 +25,26 @@ pub struct Pending {
     pub push: PushDoc,
     /// The local heads those changes lead to; acknowledged as held once accepted.
     pub heads: Vec<Hash>,
+}
+
+/// How large one batch of pushed documents may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Most documents in a batch.
+    pub max_docs: usize,
+    /// Most bytes of changes in a batch (a single larger document still goes, alone).
+    pub max_bytes: usize,
+}
+
+impl Default for BatchLimits {
+    /// 25 documents or 16 KiB: a few seconds of a 64 kbit/s link, so a lost reply costs
+    /// little, while a day's 50 check-ins still take only two exchanges.
+    fn default() -> Self {
+        BatchLimits {
+            max_docs: 25,
+            max_bytes: 16 * 1024,
+        }
+    }
 }
 
 /// How far a sync round has come, in documents, for progress bars.
@@ -44,8 +70,13 @@ pub struct RoundReport {
     pub received: usize,
     /// Documents the server refused, with the reasons.
     pub refused: Vec<(Uuid, String)>,
-    /// Request/reply exchanges this round took.
+    /// Request/reply exchanges this round took (not counting requests sent again).
     pub exchanges: usize,
+    /// Connection attempts the round made: 1, plus one for each reconnect after the link
+    /// dropped (failed attempts included).
+    pub connections: usize,
+    /// Documents put on the wire, counting a batch again each time it was sent again.
+    pub pushed: usize,
 }
 
 /// Something the device driver must do, in order.
@@ -62,10 +93,10 @@ pub enum Effect {
     },
     /// Find the local heads of these documents (empty if absent) and feed them back as
     /// [`Input::LocalHeads`].
-    LookupHeads(Vec<crate::protocol::Changed>),
+    LookupHeads(Vec<Changed>),
     /// Apply these documents and then store the cursors, in one durable write.
     Apply {
-        /// The documents' missing changes.
+        /// The documents' missing changes, or whole documents.
         docs: Vec<DocData>,
         /// Cursors to store with them; empty while a pull is paged.
         cursors: Vec<Cursor>,
@@ -101,9 +132,13 @@ pub enum RoundError {
 
 #[derive(Debug)]
 enum State {
-    AwaitSync,
+    /// A `Sync` is out: maybe a batch (its id and documents), maybe the pull.
+    AwaitSync {
+        batch: Option<(u64, Vec<DocId>)>,
+        pulling: bool,
+    },
     AwaitHeads {
-        reply: SyncReply,
+        changes: Changes,
     },
     AwaitDocs {
         cursors: Vec<Cursor>,
@@ -117,34 +152,43 @@ enum State {
 #[derive(Debug)]
 pub struct ClientRound {
     state: State,
+    /// Batches not sent yet.
+    batches: VecDeque<Vec<Pending>>,
+    next_batch: u64,
+    /// Local heads of the documents in the batch that is out.
     pushed: BTreeMap<DocId, Vec<Hash>>,
+    /// Cursors as the device holds them (as last stored).
     cursors: Vec<Cursor>,
+    /// Scopes the device had no cursor for when the round started.
+    had_cursor: BTreeSet<String>,
+    fresh: BTreeSet<String>,
     report: RoundReport,
 }
 
 impl ClientRound {
-    /// Starts a round that pushes `pending` and pulls since `cursors`.
-    pub fn start(pending: Vec<Pending>, cursors: Vec<Cursor>) -> (ClientRound, Vec<Effect>) {
-        let pushed = pending
-            .iter()
-            .map(|p| (p.push.id, p.heads.clone()))
-            .collect();
-        let push = pending.into_iter().map(|p| p.push).collect();
-        let round = ClientRound {
-            state: State::AwaitSync,
-            pushed,
-            cursors: cursors.clone(),
-            report: RoundReport {
-                exchanges: 1,
-                ..RoundReport::default()
-            },
-        };
-        let msg = ClientMsg::Sync {
-            version: PROTOCOL_VERSION,
-            push,
+    /// Starts a round that pushes `pending` in batches numbered from `first_batch` and pulls
+    /// since `cursors`.
+    ///
+    /// `first_batch` must not repeat an id this device used before (the driver draws it at
+    /// random): the server answers a repeated id from its record of that batch.
+    pub fn start(
+        pending: Vec<Pending>,
+        cursors: Vec<Cursor>,
+        first_batch: u64,
+        limits: BatchLimits,
+    ) -> (ClientRound, Vec<Effect>) {
+        let mut round = ClientRound {
+            state: State::Finished,
+            batches: split_batches(pending, limits),
+            next_batch: first_batch,
+            pushed: BTreeMap::new(),
+            had_cursor: cursors.iter().map(|c| c.scope.clone()).collect(),
             cursors,
+            fresh: BTreeSet::new(),
+            report: RoundReport::default(),
         };
-        (round, vec![Effect::Send(msg)])
+        let effect = round.next_sync();
+        (round, vec![effect])
     }
 
     /// Advances the round with one input.
@@ -154,12 +198,12 @@ impl ClientRound {
             (_, Input::Reply(ServerMsg::Error { code, message })) => {
                 Err(RoundError::Refused { code, message })
             }
-            (State::AwaitSync, Input::Reply(ServerMsg::SyncReply(reply))) => {
-                self.on_sync_reply(reply)
+            (State::AwaitSync { batch, pulling }, Input::Reply(ServerMsg::SyncReply(reply))) => {
+                self.on_sync_reply(batch, pulling, reply)
             }
-            (State::AwaitHeads { reply }, Input::LocalHeads(local)) => {
+            (State::AwaitHeads { changes }, Input::LocalHeads(local)) => {
                 let local: BTreeMap<DocId, Vec<Hash>> = local.into_iter().collect();
-                let want: Vec<Want> = reply
+                let want: Vec<Want> = changes
                     .changed
                     .iter()
                     .filter_map(|c| {
@@ -168,10 +212,20 @@ impl ClientRound {
                         (!has_all).then_some(Want { id: c.id, have })
                     })
                     .collect();
+                let mut effects = Vec::new();
                 if want.is_empty() {
-                    return Ok(self.after_apply(Vec::new(), reply.cursors, reply.more));
+                    effects.extend(self.after_apply(changes.docs, changes.cursors, changes.more));
+                    return Ok(effects);
                 }
-                Ok(vec![self.fetch(reply.cursors, reply.more, want)])
+                if !changes.docs.is_empty() {
+                    self.report.received += changes.docs.len();
+                    effects.push(Effect::Apply {
+                        docs: changes.docs,
+                        cursors: Vec::new(),
+                    });
+                }
+                effects.push(self.fetch(changes.cursors, changes.more, want));
+                Ok(effects)
             }
             (
                 State::AwaitDocs {
@@ -207,47 +261,106 @@ impl ClientRound {
         }
     }
 
-    fn on_sync_reply(&mut self, reply: SyncReply) -> Result<Vec<Effect>, RoundError> {
-        let mut accepted = Vec::new();
-        let mut refused = Vec::new();
-        for result in &reply.results {
-            if !self.pushed.contains_key(&result.id) {
-                return Err(RoundError::Unexpected(
-                    "a verdict for a document that was not pushed".into(),
-                ));
+    /// The next `Sync`: the next batch, with the pull once no batch is left after it.
+    fn next_sync(&mut self) -> Effect {
+        self.report.exchanges += 1;
+        let batch = self.batches.pop_front().map(|docs| {
+            let id = self.next_batch;
+            self.next_batch = self.next_batch.wrapping_add(1);
+            self.pushed = docs.iter().map(|p| (p.push.id, p.heads.clone())).collect();
+            Batch {
+                id,
+                docs: docs.into_iter().map(|p| p.push).collect(),
             }
-            match &result.outcome {
-                Outcome::Accepted { .. } => {
-                    let heads = self.pushed.remove(&result.id).unwrap_or_default();
-                    accepted.push((result.id, heads));
-                }
-                Outcome::Refused { reason } => {
-                    self.pushed.remove(&result.id);
-                    self.report
-                        .refused
-                        .push((Uuid::from_bytes(result.id), reason.clone()));
-                    refused.push((result.id, reason.clone()));
-                }
-            }
+        });
+        let pulling = self.batches.is_empty();
+        self.state = State::AwaitSync {
+            batch: batch
+                .as_ref()
+                .map(|b| (b.id, b.docs.iter().map(|d| d.id).collect())),
+            pulling,
+        };
+        Effect::Send(ClientMsg::Sync {
+            version: PROTOCOL_VERSION,
+            batch,
+            pull: pulling.then(|| self.pull()),
+        })
+    }
+
+    fn pull(&self) -> Pull {
+        Pull {
+            cursors: self.cursors.clone(),
+            fresh: self.fresh.iter().cloned().collect(),
         }
-        if !self.pushed.is_empty() {
-            return Err(RoundError::Unexpected(format!(
-                "{} pushed documents got no verdict",
-                self.pushed.len()
-            )));
-        }
-        self.report.sent += accepted.len();
+    }
+
+    fn on_sync_reply(
+        &mut self,
+        batch: Option<(u64, Vec<DocId>)>,
+        pulling: bool,
+        reply: SyncReply,
+    ) -> Result<Vec<Effect>, RoundError> {
         let mut effects = Vec::new();
-        if !accepted.is_empty() || !refused.is_empty() {
-            effects.push(Effect::Acknowledge { accepted, refused });
+        match (batch, reply.batch) {
+            (None, None) => {}
+            (Some((id, docs)), Some(ack)) if ack.id == id => {
+                effects.push(self.acknowledge(&docs, ack)?);
+            }
+            (sent, got) => {
+                return Err(RoundError::Unexpected(format!(
+                    "batch {:?} answered as {:?}",
+                    sent.map(|(id, _)| id),
+                    got.map(|a| a.id)
+                )));
+            }
         }
-        if reply.changed.is_empty() {
-            effects.extend(self.after_apply(Vec::new(), reply.cursors, reply.more));
-        } else {
-            effects.push(Effect::LookupHeads(reply.changed.clone()));
-            self.state = State::AwaitHeads { reply };
+        match (pulling, reply.pull) {
+            (false, None) => effects.push(self.next_sync()),
+            (true, Some(changes)) => effects.extend(self.on_changes(changes)),
+            (asked, got) => {
+                return Err(RoundError::Unexpected(format!(
+                    "pull asked: {asked}, answered: {}",
+                    got.is_some()
+                )));
+            }
         }
         Ok(effects)
+    }
+
+    fn acknowledge(&mut self, docs: &[DocId], ack: BatchAck) -> Result<Effect, RoundError> {
+        let mut refused = Vec::new();
+        for r in ack.refused {
+            if !self.pushed.contains_key(&r.id) {
+                return Err(RoundError::Unexpected(
+                    "a refusal of a document that was not pushed".into(),
+                ));
+            }
+            self.pushed.remove(&r.id);
+            self.report
+                .refused
+                .push((Uuid::from_bytes(r.id), r.reason.clone()));
+            refused.push((r.id, r.reason));
+        }
+        let accepted: Vec<(DocId, Vec<Hash>)> = docs
+            .iter()
+            .filter_map(|id| self.pushed.remove(id).map(|heads| (*id, heads)))
+            .collect();
+        self.report.sent += accepted.len();
+        Ok(Effect::Acknowledge { accepted, refused })
+    }
+
+    fn on_changes(&mut self, changes: Changes) -> Vec<Effect> {
+        for c in &changes.cursors {
+            if !self.had_cursor.contains(&c.scope) {
+                self.fresh.insert(c.scope.clone());
+            }
+        }
+        if changes.changed.is_empty() {
+            return self.after_apply(changes.docs, changes.cursors, changes.more);
+        }
+        let lookup = Effect::LookupHeads(changes.changed.clone());
+        self.state = State::AwaitHeads { changes };
+        vec![lookup]
     }
 
     fn fetch(&mut self, cursors: Vec<Cursor>, more: bool, want: Vec<Want>) -> Effect {
@@ -273,15 +386,9 @@ impl ClientRound {
                 cursors: cursors.clone(),
             });
         }
+        self.cursors = cursors;
         if more {
-            self.cursors = cursors.clone();
-            self.state = State::AwaitSync;
-            self.report.exchanges += 1;
-            effects.push(Effect::Send(ClientMsg::Sync {
-                version: PROTOCOL_VERSION,
-                push: Vec::new(),
-                cursors,
-            }));
+            effects.push(self.next_sync());
         } else {
             self.state = State::Finished;
             effects.push(Effect::Done(self.report.clone()));
@@ -290,12 +397,34 @@ impl ClientRound {
     }
 }
 
+/// Splits pending documents into batches within `limits`, in order, as a round sends them.
+pub fn split_batches(pending: Vec<Pending>, limits: BatchLimits) -> VecDeque<Vec<Pending>> {
+    let mut batches = VecDeque::new();
+    let mut current: Vec<Pending> = Vec::new();
+    let mut bytes = 0;
+    for p in pending {
+        let size = p.push.changes.len();
+        let full = current.len() >= limits.max_docs.max(1) || bytes + size > limits.max_bytes;
+        if full && !current.is_empty() {
+            batches.push_back(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(p);
+    }
+    if !current.is_empty() {
+        batches.push_back(current);
+    }
+    batches
+}
+
 /// Runs a round's effects in order against a driver; shared by the QUIC client and the
 /// in-process harness so both exercise the same sequence.
 pub trait RoundDriver {
     /// The driver's error, which every round error converts into.
     type Error: From<RoundError>;
-    /// Sends one request and waits for its reply.
+    /// Sends one request and waits for its reply (reconnecting and sending it again as it is,
+    /// if the driver does that, when the link drops).
     fn exchange(
         &mut self,
         msg: ClientMsg,
@@ -305,32 +434,53 @@ pub trait RoundDriver {
         &mut self,
         accepted: Vec<(DocId, Vec<Hash>)>,
         refused: Vec<(DocId, String)>,
-    ) -> Result<(), Self::Error>;
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>>;
     /// Local heads of each document, as the subset of `server_heads` the device holds plus
     /// its own heads; empty if the document is absent.
     fn local_heads(
         &mut self,
-        changed: &[crate::protocol::Changed],
-    ) -> Result<Vec<(DocId, Vec<Hash>)>, Self::Error>;
+        changed: Vec<Changed>,
+    ) -> impl std::future::Future<Output = Result<Vec<(DocId, Vec<Hash>)>, Self::Error>>;
     /// Applies documents and stores the cursors in one durable write.
-    fn apply(&mut self, docs: Vec<DocData>, cursors: Vec<Cursor>) -> Result<(), Self::Error>;
+    fn apply(
+        &mut self,
+        docs: Vec<DocData>,
+        cursors: Vec<Cursor>,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>>;
     /// Called as the round goes: at its start, after each acknowledgement, fetch and apply,
     /// and at its end.
     fn progress(&mut self, _progress: Progress) {}
 }
 
+/// What a round starts from.
+#[derive(Clone, Debug)]
+pub struct RoundStart {
+    /// The device's pending documents.
+    pub pending: Vec<Pending>,
+    /// The device's cursors.
+    pub cursors: Vec<Cursor>,
+    /// The id of the round's first batch; see [`ClientRound::start`].
+    pub first_batch: u64,
+    /// How large a batch may be.
+    pub limits: BatchLimits,
+}
+
 /// Drives one round to its end.
 pub async fn drive_round<D: RoundDriver>(
     driver: &mut D,
-    pending: Vec<Pending>,
-    cursors: Vec<Cursor>,
+    start: RoundStart,
 ) -> Result<RoundReport, D::Error> {
     let mut progress = Progress {
-        to_send: pending.len(),
+        to_send: start.pending.len(),
         ..Progress::default()
     };
     driver.progress(progress);
-    let (mut round, effects) = ClientRound::start(pending, cursors);
+    let (mut round, effects) = ClientRound::start(
+        start.pending,
+        start.cursors,
+        start.first_batch,
+        start.limits,
+    );
     let mut queue: VecDeque<Effect> = effects.into();
     while let Some(effect) = queue.pop_front() {
         let next = match effect {
@@ -346,17 +496,19 @@ pub async fn drive_round<D: RoundDriver>(
             }
             Effect::Acknowledge { accepted, refused } => {
                 progress.sent += accepted.len() + refused.len();
-                driver.acknowledge(accepted, refused)?;
+                driver.acknowledge(accepted, refused).await?;
                 driver.progress(progress);
                 Vec::new()
             }
             Effect::LookupHeads(changed) => {
-                let heads = driver.local_heads(&changed)?;
+                let heads = driver.local_heads(changed).await?;
                 round.handle(Input::LocalHeads(heads))?
             }
             Effect::Apply { docs, cursors } => {
                 progress.received += docs.len();
-                driver.apply(docs, cursors)?;
+                // Whole documents of fresh scopes arrive without a list to count first.
+                progress.to_receive = progress.to_receive.max(progress.received);
+                driver.apply(docs, cursors).await?;
                 driver.progress(progress);
                 Vec::new()
             }
@@ -374,7 +526,7 @@ pub async fn drive_round<D: RoundDriver>(
 mod tests {
     use super::*;
     use crate::model::Kind;
-    use crate::protocol::{Changed, PushResult};
+    use crate::protocol::Refusal;
 
     fn id(n: u8) -> DocId {
         [n; 16]
@@ -424,35 +576,52 @@ mod tests {
         }
     }
 
-    fn reply(results: Vec<PushResult>, changed: Vec<Changed>, seq: u64, more: bool) -> Input {
-        Input::Reply(ServerMsg::SyncReply(SyncReply {
-            results,
+    fn changes(changed: Vec<Changed>, docs: Vec<DocData>, seq: u64, more: bool) -> Changes {
+        Changes {
             changed,
+            docs,
             cursors: cursor(seq),
             more,
-        }))
-    }
-
-    fn accepted(n: u8) -> PushResult {
-        PushResult {
-            id: id(n),
-            outcome: Outcome::Accepted {
-                heads: vec![[n; 32]],
-            },
         }
     }
 
-    fn refused(n: u8) -> PushResult {
-        PushResult {
-            id: id(n),
-            outcome: Outcome::Refused {
-                reason: "no".into(),
-            },
-        }
+    fn reply(batch: Option<BatchAck>, pull: Option<Changes>) -> Input {
+        Input::Reply(ServerMsg::SyncReply(SyncReply { batch, pull }))
+    }
+
+    fn pulled(changed: Vec<Changed>, seq: u64, more: bool) -> Input {
+        reply(None, Some(changes(changed, vec![], seq, more)))
+    }
+
+    fn ack(id: u64, refused: &[u8]) -> Option<BatchAck> {
+        Some(BatchAck {
+            id,
+            refused: refused
+                .iter()
+                .map(|n| Refusal {
+                    id: self::id(*n),
+                    reason: "no".into(),
+                })
+                .collect(),
+        })
     }
 
     fn docs(docs: Vec<DocData>, unsent: u32) -> Input {
         Input::Reply(ServerMsg::Docs { docs, unsent })
+    }
+
+    fn send_sync(batch: Option<(u64, &[u8])>, pull: Option<(Vec<Cursor>, &[&str])>) -> Effect {
+        Effect::Send(ClientMsg::Sync {
+            version: PROTOCOL_VERSION,
+            batch: batch.map(|(id, docs)| Batch {
+                id,
+                docs: docs.iter().map(|n| pending(*n).push).collect(),
+            }),
+            pull: pull.map(|(cursors, fresh)| Pull {
+                cursors,
+                fresh: fresh.iter().map(|s| s.to_string()).collect(),
+            }),
+        })
     }
 
     fn send_fetch(want: Vec<Want>) -> Effect {
@@ -462,108 +631,153 @@ mod tests {
         })
     }
 
-    fn done(sent: usize, received: usize, refused: usize, exchanges: usize) -> Effect {
+    fn acknowledge(accepted: &[u8], refused: &[u8]) -> Effect {
+        Effect::Acknowledge {
+            accepted: accepted.iter().map(|n| (id(*n), vec![[*n; 32]])).collect(),
+            refused: refused.iter().map(|n| (id(*n), "no".to_string())).collect(),
+        }
+    }
+
+    fn apply(docs: Vec<DocData>, cursors: Vec<Cursor>) -> Effect {
+        Effect::Apply { docs, cursors }
+    }
+
+    fn done(sent: usize, received: usize, refused: &[u8], exchanges: usize) -> Effect {
         Effect::Done(RoundReport {
             sent,
             received,
-            refused: (0..refused)
-                .map(|_| (Uuid::from_bytes(id(2)), "no".to_string()))
+            refused: refused
+                .iter()
+                .map(|n| (Uuid::from_bytes(id(*n)), "no".to_string()))
                 .collect(),
             exchanges,
+            ..RoundReport::default()
         })
     }
 
     struct Case {
         name: &'static str,
         pending: Vec<Pending>,
-        /// Each input fed in, with the effects it must produce.
+        cursors: Vec<Cursor>,
+        limits: BatchLimits,
+        /// The first request, then each input fed in with the effects it must produce.
+        first: Effect,
         steps: Vec<(Input, Vec<Effect>)>,
+    }
+
+    fn case(name: &'static str, pending: &[u8], first: Effect) -> Case {
+        Case {
+            name,
+            pending: pending.iter().map(|n| pending_doc(*n)).collect(),
+            cursors: cursor(3),
+            limits: BatchLimits::default(),
+            first,
+            steps: Vec::new(),
+        }
+    }
+
+    fn pending_doc(n: u8) -> Pending {
+        pending(n)
     }
 
     /// Rounds that end well: every input's effects, in order, up to `Done`.
     #[test]
     fn rounds_produce_their_effects_in_order() {
+        let pull3 = || Some((cursor(3), &[][..]));
         let cases = vec![
             Case {
-                name: "nothing to push, nothing new: no write at all",
-                pending: vec![],
-                steps: vec![(reply(vec![], vec![], 3, false), vec![done(0, 0, 0, 1)])],
+                steps: vec![(pulled(vec![], 3, false), vec![done(0, 0, &[], 1)])],
+                ..case(
+                    "nothing to push, nothing new: no write at all",
+                    &[],
+                    send_sync(None, pull3()),
+                )
             },
             Case {
-                name: "nothing new but the cursor moved: store the cursor",
-                pending: vec![],
                 steps: vec![(
-                    reply(vec![], vec![], 5, false),
-                    vec![
-                        Effect::Apply {
-                            docs: vec![],
-                            cursors: cursor(5),
-                        },
-                        done(0, 0, 0, 1),
-                    ],
+                    pulled(vec![], 5, false),
+                    vec![apply(vec![], cursor(5)), done(0, 0, &[], 1)],
                 )],
+                ..case(
+                    "nothing new but the cursor moved: store the cursor",
+                    &[],
+                    send_sync(None, pull3()),
+                )
             },
             Case {
-                name: "one accepted, one refused: both acknowledged, the refusal reported",
-                pending: vec![pending(1), pending(2)],
                 steps: vec![(
-                    reply(vec![accepted(1), refused(2)], vec![], 3, false),
-                    vec![
-                        Effect::Acknowledge {
-                            accepted: vec![(id(1), vec![[1; 32]])],
-                            refused: vec![(id(2), "no".into())],
-                        },
-                        done(1, 0, 1, 1),
-                    ],
+                    reply(ack(100, &[2]), Some(changes(vec![], vec![], 3, false))),
+                    vec![acknowledge(&[1], &[2]), done(1, 0, &[2], 1)],
                 )],
+                ..case(
+                    "one batch with the pull; one accepted, one refused, both acknowledged",
+                    &[1, 2],
+                    send_sync(Some((100, &[1, 2])), pull3()),
+                )
             },
             Case {
-                name: "a changed document the device already has: no fetch",
-                pending: vec![],
+                limits: BatchLimits {
+                    max_docs: 2,
+                    max_bytes: 1 << 20,
+                },
                 steps: vec![
                     (
-                        reply(vec![], vec![changed(4)], 4, false),
+                        reply(ack(100, &[]), None),
+                        vec![
+                            acknowledge(&[1, 2], &[]),
+                            send_sync(Some((101, &[3])), pull3()),
+                        ],
+                    ),
+                    (
+                        reply(ack(101, &[]), Some(changes(vec![], vec![], 3, false))),
+                        vec![acknowledge(&[3], &[]), done(3, 0, &[], 2)],
+                    ),
+                ],
+                ..case(
+                    "two batches: each acknowledged on its own, the pull with the last",
+                    &[1, 2, 3],
+                    send_sync(Some((100, &[1, 2])), None),
+                )
+            },
+            Case {
+                steps: vec![
+                    (
+                        pulled(vec![changed(4)], 4, false),
                         vec![Effect::LookupHeads(vec![changed(4)])],
                     ),
                     (
                         Input::LocalHeads(vec![(id(4), vec![[4; 32]])]),
-                        vec![
-                            Effect::Apply {
-                                docs: vec![],
-                                cursors: cursor(4),
-                            },
-                            done(0, 0, 0, 1),
-                        ],
+                        vec![apply(vec![], cursor(4)), done(0, 0, &[], 1)],
                     ),
                 ],
+                ..case(
+                    "a changed document the device already has: no fetch",
+                    &[],
+                    send_sync(None, pull3()),
+                )
             },
             Case {
-                name: "a changed document the device lacks: fetch it, apply with the cursor",
-                pending: vec![],
                 steps: vec![
                     (
-                        reply(vec![], vec![changed(4)], 4, false),
+                        pulled(vec![changed(4)], 4, false),
                         vec![Effect::LookupHeads(vec![changed(4)])],
                     ),
                     (Input::LocalHeads(vec![]), vec![send_fetch(vec![want(4)])]),
                     (
                         docs(vec![doc(4)], 0),
-                        vec![
-                            Effect::Apply {
-                                docs: vec![doc(4)],
-                                cursors: cursor(4),
-                            },
-                            done(0, 1, 0, 2),
-                        ],
+                        vec![apply(vec![doc(4)], cursor(4)), done(0, 1, &[], 2)],
                     ),
                 ],
+                ..case(
+                    "a changed document the device lacks: fetch it, apply with the cursor",
+                    &[],
+                    send_sync(None, pull3()),
+                )
             },
             Case {
-                name: "a pull too big for one reply: apply the part, fetch the rest, cursor last",
-                pending: vec![],
                 steps: vec![
                     (
-                        reply(vec![], vec![changed(4), changed(5)], 5, false),
+                        pulled(vec![changed(4), changed(5)], 5, false),
                         vec![Effect::LookupHeads(vec![changed(4), changed(5)])],
                     ),
                     (
@@ -572,57 +786,86 @@ mod tests {
                     ),
                     (
                         docs(vec![doc(4)], 1),
-                        vec![
-                            Effect::Apply {
-                                docs: vec![doc(4)],
-                                cursors: vec![],
-                            },
-                            send_fetch(vec![want(5)]),
-                        ],
+                        vec![apply(vec![doc(4)], vec![]), send_fetch(vec![want(5)])],
                     ),
                     (
                         docs(vec![doc(5)], 0),
-                        vec![
-                            Effect::Apply {
-                                docs: vec![doc(5)],
-                                cursors: cursor(5),
-                            },
-                            done(0, 2, 0, 3),
-                        ],
+                        vec![apply(vec![doc(5)], cursor(5)), done(0, 2, &[], 3)],
                     ),
                 ],
+                ..case(
+                    "a pull too big for one reply: apply the part, fetch the rest, cursor last",
+                    &[],
+                    send_sync(None, pull3()),
+                )
             },
             Case {
-                name: "more pages of the feed: store the cursor, sync again from it",
-                pending: vec![],
                 steps: vec![
                     (
-                        reply(vec![], vec![], 9, true),
+                        pulled(vec![], 9, true),
                         vec![
-                            Effect::Apply {
-                                docs: vec![],
-                                cursors: cursor(9),
-                            },
-                            Effect::Send(ClientMsg::Sync {
-                                version: PROTOCOL_VERSION,
-                                push: vec![],
-                                cursors: cursor(9),
-                            }),
+                            apply(vec![], cursor(9)),
+                            send_sync(None, Some((cursor(9), &[]))),
                         ],
                     ),
-                    (reply(vec![], vec![], 9, false), vec![done(0, 0, 0, 2)]),
+                    (pulled(vec![], 9, false), vec![done(0, 0, &[], 2)]),
                 ],
+                ..case(
+                    "more pages of the feed: store the cursor, pull again from it",
+                    &[],
+                    send_sync(None, pull3()),
+                )
+            },
+            Case {
+                cursors: vec![],
+                steps: vec![
+                    (
+                        reply(None, Some(changes(vec![], vec![doc(4)], 9, true))),
+                        vec![
+                            apply(vec![doc(4)], cursor(9)),
+                            send_sync(None, Some((cursor(9), &["team:1"]))),
+                        ],
+                    ),
+                    (
+                        reply(None, Some(changes(vec![], vec![doc(5)], 12, false))),
+                        vec![apply(vec![doc(5)], cursor(12)), done(0, 2, &[], 2)],
+                    ),
+                ],
+                ..case(
+                    "a fresh phone: documents come whole, the scope stays fresh while paging",
+                    &[],
+                    send_sync(None, Some((vec![], &[]))),
+                )
+            },
+            Case {
+                steps: vec![
+                    (
+                        reply(
+                            None,
+                            Some(changes(vec![changed(5)], vec![doc(4)], 5, false)),
+                        ),
+                        vec![Effect::LookupHeads(vec![changed(5)])],
+                    ),
+                    (
+                        Input::LocalHeads(vec![]),
+                        vec![apply(vec![doc(4)], vec![]), send_fetch(vec![want(5)])],
+                    ),
+                    (
+                        docs(vec![doc(5)], 0),
+                        vec![apply(vec![doc(5)], cursor(5)), done(0, 2, &[], 2)],
+                    ),
+                ],
+                ..case(
+                    "whole documents and a list together: the whole ones first, cursor last",
+                    &[],
+                    send_sync(None, pull3()),
+                )
             },
         ];
         for case in cases {
-            let (mut round, first) = ClientRound::start(case.pending.clone(), cursor(3));
-            let push = case.pending.iter().map(|p| p.push.clone()).collect();
-            let expected_first = Effect::Send(ClientMsg::Sync {
-                version: PROTOCOL_VERSION,
-                push,
-                cursors: cursor(3),
-            });
-            assert_eq!(first, vec![expected_first], "{}", case.name);
+            let (mut round, first) =
+                ClientRound::start(case.pending, case.cursors, 100, case.limits);
+            assert_eq!(first, vec![case.first], "{}", case.name);
             for (i, (input, expected)) in case.steps.into_iter().enumerate() {
                 let effects = round.handle(input);
                 assert_eq!(effects, Ok(expected), "{}, step {i}", case.name);
@@ -634,10 +877,11 @@ mod tests {
     #[test]
     fn rounds_stop_on_replies_that_do_not_fit() {
         let unexpected = |m: &str| RoundError::Unexpected(m.into());
-        let cases: Vec<(&str, Vec<Pending>, Vec<Input>, RoundError)> = vec![
+        let no_change = || Some(changes(vec![], vec![], 3, false));
+        let cases: Vec<(&str, &[u8], Vec<Input>, RoundError)> = vec![
             (
                 "the server refuses the request",
-                vec![pending(1)],
+                &[1],
                 vec![Input::Reply(ServerMsg::Error {
                     code: ErrorCode::RateLimited,
                     message: "slow down".into(),
@@ -648,22 +892,40 @@ mod tests {
                 },
             ),
             (
-                "a verdict for a document never pushed",
-                vec![pending(1)],
-                vec![reply(vec![accepted(1), accepted(7)], vec![], 3, false)],
-                unexpected("a verdict for a document that was not pushed"),
+                "the ack names another batch",
+                &[1],
+                vec![reply(ack(7, &[]), no_change())],
+                unexpected("batch Some(100) answered as Some(7)"),
             ),
             (
-                "a pushed document without a verdict",
-                vec![pending(1), pending(2)],
-                vec![reply(vec![accepted(1)], vec![], 3, false)],
-                unexpected("1 pushed documents got no verdict"),
+                "no ack for a pushed batch",
+                &[1],
+                vec![reply(None, no_change())],
+                unexpected("batch Some(100) answered as None"),
+            ),
+            (
+                "an ack though nothing was pushed",
+                &[],
+                vec![reply(ack(100, &[]), no_change())],
+                unexpected("batch None answered as Some(100)"),
+            ),
+            (
+                "a refusal of a document never pushed",
+                &[1],
+                vec![reply(ack(100, &[7]), no_change())],
+                unexpected("a refusal of a document that was not pushed"),
+            ),
+            (
+                "no changes though the pull was asked",
+                &[1],
+                vec![reply(ack(100, &[]), None)],
+                unexpected("pull asked: true, answered: false"),
             ),
             (
                 "documents returned with more unsent than wanted",
-                vec![],
+                &[],
                 vec![
-                    reply(vec![], vec![changed(4)], 4, false),
+                    pulled(vec![changed(4)], 4, false),
                     Input::LocalHeads(vec![]),
                     docs(vec![doc(4)], 2),
                 ],
@@ -671,9 +933,9 @@ mod tests {
             ),
             (
                 "nothing returned yet some unsent: no progress",
-                vec![],
+                &[],
                 vec![
-                    reply(vec![], vec![changed(4)], 4, false),
+                    pulled(vec![changed(4)], 4, false),
                     Input::LocalHeads(vec![]),
                     docs(vec![], 1),
                 ],
@@ -681,7 +943,9 @@ mod tests {
             ),
         ];
         for (name, pending, inputs, expected) in cases {
-            let (mut round, _) = ClientRound::start(pending, cursor(3));
+            let pending = pending.iter().map(|n| self::pending(*n)).collect();
+            let (mut round, _) =
+                ClientRound::start(pending, cursor(3), 100, BatchLimits::default());
             let mut last = Ok(Vec::new());
             for input in inputs {
                 last = round.handle(input);
@@ -696,17 +960,52 @@ mod tests {
     /// An input the round is not waiting for is an error naming both.
     #[test]
     fn inputs_out_of_order_are_refused() {
-        let (mut round, _) = ClientRound::start(vec![], cursor(3));
-        match round.handle(Input::LocalHeads(vec![])) {
+        let start = || ClientRound::start(vec![], cursor(3), 1, BatchLimits::default()).0;
+        match start().handle(Input::LocalHeads(vec![])) {
             Err(RoundError::Unexpected(m)) => {
                 assert!(m.contains("LocalHeads") && m.contains("AwaitSync"), "{m}")
             }
             other => panic!("expected Unexpected, got {other:?}"),
         }
-        let (mut round, _) = ClientRound::start(vec![], cursor(3));
-        match round.handle(docs(vec![], 0)) {
+        match start().handle(docs(vec![], 0)) {
             Err(RoundError::Unexpected(m)) => assert!(m.contains("Docs"), "{m}"),
             other => panic!("expected Unexpected, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn batches_respect_both_limits_and_keep_order() {
+        let sized = |n: u8, len: usize| {
+            let mut p = pending(n);
+            p.push.changes = vec![n; len];
+            p
+        };
+        let limits = BatchLimits {
+            max_docs: 3,
+            max_bytes: 100,
+        };
+        let ids = |b: &VecDeque<Vec<Pending>>| -> Vec<Vec<u8>> {
+            b.iter()
+                .map(|batch| batch.iter().map(|p| p.push.id[0]).collect())
+                .collect()
+        };
+        let by_count = split_batches((1..=7).map(|n| sized(n, 10)).collect(), limits);
+        assert_eq!(ids(&by_count), vec![vec![1, 2, 3], vec![4, 5, 6], vec![7]]);
+        let by_bytes = split_batches(
+            vec![
+                sized(1, 60),
+                sized(2, 30),
+                sized(3, 20),
+                sized(4, 500),
+                sized(5, 1),
+            ],
+            limits,
+        );
+        assert_eq!(
+            ids(&by_bytes),
+            vec![vec![1, 2], vec![3], vec![4], vec![5]],
+            "a document larger than the byte limit goes alone"
+        );
+        assert!(split_batches(vec![], limits).is_empty());
     }
 }

@@ -37,6 +37,9 @@ pub struct Merged {
     pub heads: Vec<Hash>,
     /// Hashes of the changes this push added.
     pub added: Vec<Hash>,
+    /// Every head after the merge is a change this push brought: the pushing device holds
+    /// the whole document, so listing it back to that device would only cost bytes.
+    pub pusher_has_all: bool,
 }
 
 /// Merges a device's push into the server's copy of the document, or says why not.
@@ -104,15 +107,17 @@ pub fn merge_push(
     let after = snapshot.values();
     crate::model::validate_record(push.kind, &after).map_err(|e| e.to_string())?;
     let view = record.view_of(snapshot);
-    let heads = record.heads().iter().map(|h| h.0).collect();
+    let heads: Vec<Hash> = record.heads().iter().map(|h| h.0).collect();
     if added.is_empty() {
         return Ok(Merged {
             bytes: None,
             view,
             heads,
             added,
+            pusher_has_all: false,
         });
     }
+    let pusher_has_all = heads.iter().all(|h| added.contains(h));
     access::check_write(ctx, push.kind, &push.scope, before.as_ref(), &after)?;
     let bytes = match existing {
         None => new_bytes,
@@ -131,6 +136,7 @@ pub fn merge_push(
         view,
         heads,
         added,
+        pusher_has_all,
     })
 }
 

@@ -16,8 +16,8 @@ pub mod retry;
 pub mod server;
 
 pub use client::{
-    ClientRound, Effect, Input, Pending, Progress, RoundDriver, RoundError, RoundReport,
-    drive_round,
+    BatchLimits, ClientRound, Effect, Input, Pending, Progress, RoundDriver, RoundError,
+    RoundReport, RoundStart, drive_round, split_batches,
 };
 pub use merge::{COMPACT_AFTER_BYTES, Merged, StoredDoc, changes_for, merge_push};
 pub use retry::Backoff;

@@ -12,8 +12,8 @@
 //! reported as a refusal.
 
 use crate::protocol::{
-    ClientMsg, Cursor, DocData, ErrorCode, Limits, PROTOCOL_VERSION, PushDoc, PushResult,
-    ServerMsg, SyncReply, Want,
+    BatchAck, Changes, ClientMsg, Cursor, DocData, ErrorCode, Limits, Outcome, PROTOCOL_VERSION,
+    Pull, PushDoc, PushResult, Refusal, ServerMsg, SyncReply, Want,
 };
 
 /// Storage could not do what an effect asked; the message is for logs and the device.
@@ -24,17 +24,31 @@ pub struct StorageFailure(pub String);
 /// Something the server's driver must do for the exchange, then feed back.
 #[derive(Debug, PartialEq)]
 pub enum ServerEffect {
-    /// Merge each push with [`merge_push`](super::merge_push) and store every accepted one
-    /// durably, together, before answering; feed back [`ServerInput::Committed`] with one
-    /// outcome per push, in order.
-    Commit(Vec<PushDoc>),
-    /// Read the documents changed in the scopes the device may read since `cursors`, at most
-    /// `limit`; feed back [`ServerInput::Feed`].
+    /// Store batch `batch` of the device: if the device's batch with this id is already
+    /// committed, give back its recorded outcomes without merging again; else merge each
+    /// document with [`merge_push`](super::merge_push) and store every accepted one durably,
+    /// together with the batch's record, before answering. Feed back
+    /// [`ServerInput::Committed`] with one outcome per document, in order.
+    Commit {
+        /// The batch's id, chosen by the device.
+        batch: u64,
+        /// The batch's documents.
+        docs: Vec<PushDoc>,
+    },
+    /// Read what changed in the scopes the device may read since its cursors, at most `limit`
+    /// documents: documents of fresh scopes (listed in `fresh` or absent from `cursors`) whole
+    /// up to `budget` bytes, the others as their heads; leave out documents whose latest change
+    /// is this device's own push that left nothing for it to fetch. Feed back
+    /// [`ServerInput::Feed`].
     ReadFeed {
         /// Where the device stands in each scope.
         cursors: Vec<Cursor>,
-        /// Most documents to list.
+        /// Scopes whose documents go whole.
+        fresh: Vec<String>,
+        /// Most documents to list or send.
         limit: usize,
+        /// Bytes of whole documents to gather before stopping.
+        budget: usize,
     },
     /// Read the changes of each wanted document that the device lacks (readable ones only), in
     /// order, stopping once `budget` bytes are reached (always at least one document); feed
@@ -55,7 +69,7 @@ pub enum ServerInput {
     /// The outcome of [`ServerEffect::Commit`].
     Committed(Result<Vec<PushResult>, StorageFailure>),
     /// The outcome of [`ServerEffect::ReadFeed`].
-    Feed(Result<SyncReply, StorageFailure>),
+    Feed(Result<Changes, StorageFailure>),
     /// The outcome of [`ServerEffect::Fetch`]: the documents, and how many wants at the end
     /// were not reached.
     Fetched(Result<(Vec<DocData>, usize), StorageFailure>),
@@ -63,8 +77,14 @@ pub enum ServerInput {
 
 #[derive(Debug)]
 enum State {
-    AwaitCommit { cursors: Vec<Cursor>, pushed: usize },
-    AwaitFeed { results: Vec<PushResult> },
+    AwaitCommit {
+        batch: u64,
+        pushed: usize,
+        pull: Option<Pull>,
+    },
+    AwaitFeed {
+        ack: Option<BatchAck>,
+    },
     AwaitFetch,
     Finished,
 }
@@ -91,19 +111,27 @@ impl ServerExchange {
     pub fn handle(&mut self, input: ServerInput) -> ServerEffect {
         let state = std::mem::replace(&mut self.state, State::Finished);
         match (state, input) {
-            (State::AwaitCommit { cursors, pushed }, ServerInput::Committed(Ok(results))) => {
+            (
+                State::AwaitCommit {
+                    batch,
+                    pushed,
+                    pull,
+                },
+                ServerInput::Committed(Ok(results)),
+            ) => {
                 if results.len() != pushed {
                     return internal(format!(
                         "storage answered {} outcomes for {pushed} pushed documents",
                         results.len()
                     ));
                 }
-                self.read_feed(cursors, results)
+                let ack = batch_ack(batch, results);
+                match pull {
+                    Some(pull) => self.read_feed(pull, Some(ack)),
+                    None => reply(Some(ack), None),
+                }
             }
-            (State::AwaitFeed { results }, ServerInput::Feed(Ok(mut reply))) => {
-                reply.results = results;
-                ServerEffect::Reply(ServerMsg::SyncReply(reply))
-            }
+            (State::AwaitFeed { ack }, ServerInput::Feed(Ok(changes))) => reply(ack, Some(changes)),
             (State::AwaitFetch, ServerInput::Fetched(Ok((docs, unsent)))) => {
                 ServerEffect::Reply(ServerMsg::Docs {
                     docs,
@@ -139,44 +167,87 @@ impl ServerExchange {
                 ErrorCode::Malformed,
                 "this device is already enrolled".into(),
             ),
-            ClientMsg::Sync { push, .. } if push.len() > max => refuse(
+            ClientMsg::Sync {
+                batch: Some(batch), ..
+            } if batch.docs.len() > max => refuse(
                 ErrorCode::TooLarge,
-                format!("{} documents in one push; the limit is {max}", push.len()),
+                format!(
+                    "{} documents in one push; the limit is {max}",
+                    batch.docs.len()
+                ),
             ),
-            ClientMsg::Sync { push, cursors, .. } if push.is_empty() => {
-                self.read_feed(cursors, Vec::new())
-            }
-            ClientMsg::Sync { push, cursors, .. } => {
+            ClientMsg::Sync {
+                batch: Some(batch),
+                pull,
+                ..
+            } => {
                 self.state = State::AwaitCommit {
-                    cursors,
-                    pushed: push.len(),
+                    batch: batch.id,
+                    pushed: batch.docs.len(),
+                    pull,
                 };
-                ServerEffect::Commit(push)
+                ServerEffect::Commit {
+                    batch: batch.id,
+                    docs: batch.docs,
+                }
             }
+            ClientMsg::Sync {
+                batch: None,
+                pull: Some(pull),
+                ..
+            } => self.read_feed(pull, None),
+            ClientMsg::Sync {
+                batch: None,
+                pull: None,
+                ..
+            } => reply(None, None),
             ClientMsg::Fetch { want, .. } if want.len() > max => refuse(
                 ErrorCode::TooLarge,
                 format!("{} documents wanted; the limit is {max}", want.len()),
             ),
             ClientMsg::Fetch { want, .. } => {
                 self.state = State::AwaitFetch;
-                // Half the smaller cap leaves room for framing, whatever deflate achieves.
-                let budget = self
-                    .limits
-                    .max_frame_bytes
-                    .min(self.limits.max_inflated_bytes)
-                    / 2;
-                ServerEffect::Fetch { want, budget }
+                ServerEffect::Fetch {
+                    want,
+                    budget: self.reply_budget(),
+                }
             }
         }
     }
 
-    fn read_feed(&mut self, cursors: Vec<Cursor>, results: Vec<PushResult>) -> ServerEffect {
-        self.state = State::AwaitFeed { results };
+    fn read_feed(&mut self, pull: Pull, ack: Option<BatchAck>) -> ServerEffect {
+        self.state = State::AwaitFeed { ack };
         ServerEffect::ReadFeed {
-            cursors,
+            cursors: pull.cursors,
+            fresh: pull.fresh,
             limit: self.limits.max_docs_per_exchange,
+            budget: self.reply_budget(),
         }
     }
+
+    /// Half the smaller cap leaves room for framing, whatever deflate achieves.
+    fn reply_budget(&self) -> usize {
+        self.limits
+            .max_frame_bytes
+            .min(self.limits.max_inflated_bytes)
+            / 2
+    }
+}
+
+/// The wire's verdict on a batch: only the refused documents are named.
+fn batch_ack(id: u64, results: Vec<PushResult>) -> BatchAck {
+    let refused = results
+        .into_iter()
+        .filter_map(|r| match r.outcome {
+            Outcome::Accepted { .. } => None,
+            Outcome::Refused { reason } => Some(Refusal { id: r.id, reason }),
+        })
+        .collect();
+    BatchAck { id, refused }
+}
+
+fn reply(batch: Option<BatchAck>, pull: Option<Changes>) -> ServerEffect {
+    ServerEffect::Reply(ServerMsg::SyncReply(SyncReply { batch, pull }))
 }
 
 fn refuse(code: ErrorCode, message: String) -> ServerEffect {
@@ -191,7 +262,7 @@ fn internal(message: String) -> ServerEffect {
 mod tests {
     use super::*;
     use crate::model::Kind;
-    use crate::protocol::{Changed, Outcome};
+    use crate::protocol::{Batch, Changed};
 
     fn push(n: u8) -> PushDoc {
         PushDoc {
@@ -209,23 +280,34 @@ mod tests {
         }]
     }
 
-    fn sync(version: u16, push: Vec<PushDoc>) -> ClientMsg {
-        ClientMsg::Sync {
-            version,
-            push,
+    fn pull() -> Pull {
+        Pull {
             cursors: cursors(),
+            fresh: vec!["team:2".into()],
         }
     }
 
-    fn fetch(version: u16, wants: usize) -> ClientMsg {
+    fn sync(version: u16, docs: Vec<PushDoc>, pull: Option<Pull>) -> ClientMsg {
+        ClientMsg::Sync {
+            version,
+            batch: (!docs.is_empty()).then_some(Batch { id: 42, docs }),
+            pull,
+        }
+    }
+
+    fn wants(n: usize) -> Vec<Want> {
+        (0..n)
+            .map(|i| Want {
+                id: [i as u8; 16],
+                have: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn fetch(version: u16, n: usize) -> ClientMsg {
         ClientMsg::Fetch {
             version,
-            want: (0..wants)
-                .map(|i| Want {
-                    id: [i as u8; 16],
-                    have: Vec::new(),
-                })
-                .collect(),
+            want: wants(n),
         }
     }
 
@@ -238,15 +320,24 @@ mod tests {
         }
     }
 
-    fn feed() -> SyncReply {
-        SyncReply {
-            results: Vec::new(),
+    fn refused(n: u8) -> PushResult {
+        PushResult {
+            id: [n; 16],
+            outcome: Outcome::Refused {
+                reason: "kind and scope are fixed".into(),
+            },
+        }
+    }
+
+    fn changes() -> Changes {
+        Changes {
             changed: vec![Changed {
                 id: [9; 16],
                 kind: Kind::CheckIn,
                 scope: "team:1".into(),
                 heads: vec![[9; 32]],
             }],
+            docs: Vec::new(),
             cursors: vec![Cursor {
                 scope: "team:1".into(),
                 seq: 8,
@@ -271,12 +362,20 @@ mod tests {
         }
     }
 
+    fn sync_reply(batch: Option<BatchAck>, pull: Option<Changes>) -> ServerMsg {
+        ServerMsg::SyncReply(SyncReply { batch, pull })
+    }
+
     /// Every request answered at once, without touching storage: the error branches.
     #[test]
     fn requests_refused_before_any_storage_work() {
         let old = PROTOCOL_VERSION + 1;
         let cases: Vec<(&str, ClientMsg, ErrorCode)> = vec![
-            ("sync, other version", sync(old, vec![]), ErrorCode::Version),
+            (
+                "sync, other version",
+                sync(old, vec![], Some(pull())),
+                ErrorCode::Version,
+            ),
             ("fetch, other version", fetch(old, 1), ErrorCode::Version),
             (
                 "enroll, other version",
@@ -295,8 +394,8 @@ mod tests {
                 ErrorCode::Malformed,
             ),
             (
-                "push over the limit",
-                sync(PROTOCOL_VERSION, vec![push(1), push(2), push(3)]),
+                "batch over the limit",
+                sync(PROTOCOL_VERSION, vec![push(1), push(2), push(3)], None),
                 ErrorCode::TooLarge,
             ),
             (
@@ -321,42 +420,68 @@ mod tests {
             steps: Vec<(ServerEffect, ServerInput)>,
             reply: ServerMsg,
         }
-        let limits = small_limits();
         let read_feed = || ServerEffect::ReadFeed {
             cursors: cursors(),
+            fresh: vec!["team:2".into()],
             limit: 2,
+            budget: 500,
         };
+        let commit = |docs| ServerEffect::Commit { batch: 42, docs };
         let cases = vec![
             Case {
-                name: "an empty push only reads the feed",
-                msg: sync(PROTOCOL_VERSION, vec![]),
-                steps: vec![(read_feed(), ServerInput::Feed(Ok(feed())))],
-                reply: ServerMsg::SyncReply(feed()),
+                name: "nothing asked: an empty reply, no storage work",
+                msg: sync(PROTOCOL_VERSION, vec![], None),
+                steps: vec![],
+                reply: sync_reply(None, None),
             },
             Case {
-                name: "a push commits, then reads the feed; the verdicts go with it",
-                msg: sync(PROTOCOL_VERSION, vec![push(1), push(2)]),
+                name: "a pull alone only reads the feed",
+                msg: sync(PROTOCOL_VERSION, vec![], Some(pull())),
+                steps: vec![(read_feed(), ServerInput::Feed(Ok(changes())))],
+                reply: sync_reply(None, Some(changes())),
+            },
+            Case {
+                name: "a batch alone commits; the ack names only the refused",
+                msg: sync(PROTOCOL_VERSION, vec![push(1), push(2)], None),
+                steps: vec![(
+                    commit(vec![push(1), push(2)]),
+                    ServerInput::Committed(Ok(vec![accepted(1), refused(2)])),
+                )],
+                reply: sync_reply(
+                    Some(BatchAck {
+                        id: 42,
+                        refused: vec![Refusal {
+                            id: [2; 16],
+                            reason: "kind and scope are fixed".into(),
+                        }],
+                    }),
+                    None,
+                ),
+            },
+            Case {
+                name: "the last batch with the pull: commit, then read the feed",
+                msg: sync(PROTOCOL_VERSION, vec![push(1), push(2)], Some(pull())),
                 steps: vec![
                     (
-                        ServerEffect::Commit(vec![push(1), push(2)]),
+                        commit(vec![push(1), push(2)]),
                         ServerInput::Committed(Ok(vec![accepted(1), accepted(2)])),
                     ),
-                    (read_feed(), ServerInput::Feed(Ok(feed()))),
+                    (read_feed(), ServerInput::Feed(Ok(changes()))),
                 ],
-                reply: ServerMsg::SyncReply(SyncReply {
-                    results: vec![accepted(1), accepted(2)],
-                    ..feed()
-                }),
+                reply: sync_reply(
+                    Some(BatchAck {
+                        id: 42,
+                        refused: vec![],
+                    }),
+                    Some(changes()),
+                ),
             },
             Case {
                 name: "a fetch within half the smaller cap",
                 msg: fetch(PROTOCOL_VERSION, 2),
                 steps: vec![(
                     ServerEffect::Fetch {
-                        want: match fetch(PROTOCOL_VERSION, 2) {
-                            ClientMsg::Fetch { want, .. } => want,
-                            _ => Vec::new(),
-                        },
+                        want: wants(2),
                         budget: 500,
                     },
                     ServerInput::Fetched(Ok((Vec::new(), 1))),
@@ -368,7 +493,7 @@ mod tests {
             },
         ];
         for case in cases {
-            let (mut exchange, mut effect) = ServerExchange::start(case.msg, &limits);
+            let (mut exchange, mut effect) = ServerExchange::start(case.msg, &small_limits());
             for (expected, input) in case.steps {
                 assert_eq!(effect, expected, "{}", case.name);
                 effect = exchange.handle(input);
@@ -385,13 +510,13 @@ mod tests {
         let cases: Vec<(&str, ClientMsg, Vec<ServerInput>, &str)> = vec![
             (
                 "commit fails",
-                sync(PROTOCOL_VERSION, vec![push(1)]),
+                sync(PROTOCOL_VERSION, vec![push(1)], Some(pull())),
                 vec![ServerInput::Committed(Err(fail()))],
                 "storage failed: disk on fire",
             ),
             (
                 "feed read fails after a commit",
-                sync(PROTOCOL_VERSION, vec![push(1)]),
+                sync(PROTOCOL_VERSION, vec![push(1)], Some(pull())),
                 vec![
                     ServerInput::Committed(Ok(vec![accepted(1)])),
                     ServerInput::Feed(Err(fail())),
@@ -406,14 +531,14 @@ mod tests {
             ),
             (
                 "one verdict short",
-                sync(PROTOCOL_VERSION, vec![push(1), push(2)]),
+                sync(PROTOCOL_VERSION, vec![push(1), push(2)], None),
                 vec![ServerInput::Committed(Ok(vec![accepted(1)]))],
                 "1 outcomes for 2 pushed",
             ),
             (
                 "a feed where a commit result was due",
-                sync(PROTOCOL_VERSION, vec![push(1)]),
-                vec![ServerInput::Feed(Ok(feed()))],
+                sync(PROTOCOL_VERSION, vec![push(1)], Some(pull())),
+                vec![ServerInput::Feed(Ok(changes()))],
                 "while AwaitCommit",
             ),
             (

@@ -3,6 +3,8 @@ package org.fieldsync.demo.data
 import kotlinx.coroutines.CoroutineDispatcher
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.withContext
+import org.fieldsync.BackgroundSync
+import org.fieldsync.BackgroundSyncOptions
 import org.fieldsync.Enrollment
 import org.fieldsync.FieldRecord
 import org.fieldsync.FieldSpec
@@ -14,6 +16,8 @@ import org.fieldsync.Refusal
 import org.fieldsync.SyncProgress
 import org.fieldsync.SyncProgressListener
 import org.fieldsync.SyncReport
+import org.fieldsync.SyncState
+import org.fieldsync.SyncStateListener
 import org.fieldsync.fieldSchema
 import org.fieldsync.parseFieldValue
 
@@ -49,7 +53,7 @@ data class VisitInput(
  *
  * Local calls are disk reads or one durable write each, so they run on [io] (Android:
  * `Dispatchers.IO`), never on the main thread; `enroll` and `sync` are suspend functions of the
- * bindings already and need no dispatcher. Errors are the bindings' `FieldSyncException`s, left
+ * bindings already and need no dispatcher, and the background sync runs on its own thread. Errors are the bindings' `FieldSyncException`s, left
  * to the view models, which turn them into what the screen says.
  */
 class FieldRepository(
@@ -119,11 +123,33 @@ class FieldRepository(
 
     suspend fun refused(): List<Refusal> = withContext(io) { store.refused() }
 
-    /** One sync round; [onProgress] gets records sent and received out of their totals as it goes. */
-    suspend fun sync(onProgress: (SyncProgress) -> Unit): SyncReport =
-        store.sync(object : SyncProgressListener {
-            override fun onProgress(progress: SyncProgress) = onProgress(progress)
-        })
+    /**
+     * The store's background sync: rounds when asked, one at a time, lost connections retried on
+     * its own. [onState] is called on the sync's own thread. One per store, kept for the app's
+     * life (Android: created in `Application.onCreate`, stopped never or on sign-out).
+     */
+    fun backgroundSync(options: BackgroundSyncOptions? = null, onState: (SyncState) -> Unit): BackgroundSync =
+        BackgroundSync(
+            store,
+            object : SyncStateListener {
+                override fun onState(state: SyncState) = onState(state)
+            },
+            options,
+        )
+
+    /**
+     * One sync round that the caller waits for, within [deadlineSeconds] (null: two minutes);
+     * [onProgress] gets records sent and received out of their totals as it goes. What an
+     * Android `CoroutineWorker` would call (it needs a result to return); the screens use
+     * [backgroundSync].
+     */
+    suspend fun sync(deadlineSeconds: UInt? = null, onProgress: (SyncProgress) -> Unit = {}): SyncReport =
+        store.sync(
+            object : SyncProgressListener {
+                override fun onProgress(progress: SyncProgress) = onProgress(progress)
+            },
+            deadlineSeconds,
+        )
 
     /** The fields of [kind], for building its form. */
     fun schema(kind: String): List<FieldSpec> = fieldSchema(kind)

@@ -1,8 +1,12 @@
 package org.fieldsync.demo.ui
 
+import java.time.Instant
+import java.time.ZoneId
+import java.time.format.DateTimeFormatter
 import java.util.concurrent.CopyOnWriteArrayList
 import org.fieldsync.FieldSyncException
 import org.fieldsync.FieldValue
+import org.fieldsync.SyncFailure
 
 /**
  * An observable value a view model exposes and a screen renders: the role `StateFlow` (or
@@ -38,15 +42,36 @@ fun FieldValue.display(): String = when (this) {
     is FieldValue.TextList -> values.joinToString("; ")
 }
 
+/** How every "no signal" message starts: the one failure that is only a matter of waiting. */
+const val NO_CONNECTION = "No connection to the server."
+
 /** What the screen says when a call fails: each kind of failure asks something else of the user. */
 fun userMessage(e: FieldSyncException): String = when (e) {
     is FieldSyncException.Network ->
-        "No connection to the server. Everything is saved on this phone and will sync later."
-    is FieldSyncException.Unauthorized ->
-        "This phone is not (or no longer) enrolled on the server; ask the office for a new code. (${e.message})"
-    is FieldSyncException.NotEnrolled -> "Enroll this phone first."
-    is FieldSyncException.Refused -> "The server refused: ${e.message}"
+        "$NO_CONNECTION Everything is saved on this phone and will sync later."
+    is FieldSyncException.Unauthorized -> syncFailureMessage(SyncFailure.UNAUTHORIZED, e.message ?: "")
+    is FieldSyncException.Certificate -> syncFailureMessage(SyncFailure.CERTIFICATE, e.message ?: "")
+    is FieldSyncException.NotEnrolled -> syncFailureMessage(SyncFailure.NOT_ENROLLED, e.message ?: "")
+    is FieldSyncException.Refused -> syncFailureMessage(SyncFailure.REFUSED, e.message ?: "")
     is FieldSyncException.InvalidInput -> "Please check the form: ${e.message}"
     is FieldSyncException.NotFound -> "That record is not on this phone."
-    is FieldSyncException.Storage -> "The phone's storage failed: ${e.message}"
+    is FieldSyncException.Storage -> syncFailureMessage(SyncFailure.STORAGE, e.message ?: "")
+}
+
+/** What the sync status line says when the background sync stopped trying, by what to do. */
+fun syncFailureMessage(kind: SyncFailure, reason: String): String = when (kind) {
+    SyncFailure.UNAUTHORIZED ->
+        "This phone is not (or no longer) enrolled on the server; ask the office for a new code. ($reason)"
+    SyncFailure.CERTIFICATE ->
+        "The server did not prove it is the one this phone enrolled with (wrong fingerprint?). " +
+            "Nothing was sent; ask the office. ($reason)"
+    SyncFailure.NOT_ENROLLED -> "Enroll this phone first."
+    SyncFailure.REFUSED -> "The server refused: $reason"
+    SyncFailure.STORAGE -> "The phone's storage failed: $reason"
+}
+
+/** The status line while the phone has no signal. */
+fun waitingMessage(atUnixMs: Long): String {
+    val at = Instant.ofEpochMilli(atUnixMs).atZone(ZoneId.systemDefault())
+    return "$NO_CONNECTION Everything is saved on this phone; trying again at ${DateTimeFormatter.ofPattern("HH:mm:ss").format(at)}."
 }

@@ -1,8 +1,12 @@
 package org.fieldsync.demo.ui
 
+import kotlinx.coroutines.CompletableDeferred
 import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.Deferred
 import kotlinx.coroutines.Job
+import kotlinx.coroutines.async
 import kotlinx.coroutines.launch
+import org.fieldsync.BackgroundSyncOptions
 import org.fieldsync.Enrollment
 import org.fieldsync.FieldRecord
 import org.fieldsync.FieldSyncException
@@ -10,8 +14,10 @@ import org.fieldsync.FieldType
 import org.fieldsync.FieldValue
 import org.fieldsync.HoursSummary
 import org.fieldsync.Refusal
+import org.fieldsync.SyncFailure
 import org.fieldsync.SyncProgress
 import org.fieldsync.SyncReport
+import org.fieldsync.SyncState
 import org.fieldsync.demo.data.CheckInInput
 import org.fieldsync.demo.data.Clock
 import org.fieldsync.demo.data.FieldRepository
@@ -227,22 +233,46 @@ class VillageViewModel(private val repo: FieldRepository, private val scope: Cor
     }
 }
 
-/** The sync button, its progress bar, and the pending badge. */
-class SyncViewModel(private val repo: FieldRepository, private val scope: CoroutineScope) {
+/**
+ * The sync status line, its progress bar, the pending badge, and the "sync now" button, over
+ * the store's background sync (which retries a lost connection on its own).
+ *
+ * The background sync runs rounds when asked — [sync] (the button, or the app's connectivity
+ * callback when the network comes back) — one at a time, and reports every state on its own
+ * thread; [status] follows it. Android: the states are posted to `viewModelScope` on
+ * `Dispatchers.Main` before touching a `StateFlow` the UI collects.
+ */
+class SyncViewModel(
+    private val repo: FieldRepository,
+    private val scope: CoroutineScope,
+    options: BackgroundSyncOptions? = null,
+) {
     sealed class Status {
-        object Idle : Status()
+        /** Nothing running; [last] is what the last round did, if one ran. */
+        data class Idle(val last: SyncReport?) : Status()
+
         /** Sent and received so far; [done] of [total] drives a single progress bar. */
         data class Running(val progress: SyncProgress) : Status() {
             val done: Long get() = (progress.sent + progress.received).toLong()
             val total: Long get() = (progress.toSend + progress.toReceive).toLong()
         }
-        data class Done(val report: SyncReport) : Status()
-        data class Failed(val message: String, val cause: FieldSyncException) : Status()
+
+        /** No signal: work waits as pending, and the phone tries again on its own at [atUnixMs]. */
+        data class Waiting(val atUnixMs: Long, val message: String, val reason: String) : Status()
+
+        /** The phone's user has to do something ([kind] says what); not retried on its own. */
+        data class Failed(val kind: SyncFailure, val message: String, val reason: String) : Status()
     }
 
-    val status = State<Status>(Status.Idle)
+    val status = State<Status>(Status.Idle(null))
     val pending = State(0L)
     val refused = State<List<Refusal>>(emptyList())
+
+    private val background = repo.backgroundSync(options) { state ->
+        status.set(statusOf(state))
+        // A round ended (asked for or a retry on its own): the badge follows.
+        if (state !is SyncState.Syncing) refresh()
+    }
 
     fun refresh(): Job = scope.launch {
         pending.set(repo.pendingCount())
@@ -250,20 +280,53 @@ class SyncViewModel(private val repo: FieldRepository, private val scope: Corout
     }
 
     /**
-     * One sync round. On Android a WorkManager job (network constraint) calls the same
-     * repository function in the background; this is the "sync now" button.
+     * "Sync now": asks the background sync for a round and completes, with the status it ended
+     * in, when a round that started after this call has ended (a round already running when
+     * asked is not the one: it may have missed what was just saved). The badge is fresh then.
      */
-    fun sync(): Job = scope.launch {
-        if (status.value is Status.Running) return@launch
-        status.set(Status.Running(SyncProgress(0u, pending.value.toULong(), 0u, 0u)))
-        try {
-            val report = repo.sync { progress -> status.set(Status.Running(progress)) }
-            status.set(Status.Done(report))
-        } catch (e: FieldSyncException) {
-            status.set(Status.Failed(userMessage(e), e))
+    fun sync(): Deferred<Status> = scope.async {
+        val ended = CompletableDeferred<Status>()
+        val round = RoundAfterRequest(ended)
+        val unobserve = status.observe(round::see)
+        val outcome = try {
+            background.requestSync()
+            ended.await()
+        } finally {
+            unobserve()
         }
         pending.set(repo.pendingCount())
         refused.set(repo.refused())
+        outcome
+    }
+
+    /** The app goes away (Android: `onCleared`): no more rounds, a running one is cut off. */
+    fun stop() {
+        background.stop()
+        background.close()
+    }
+
+    /** Follows the status stream until the end of the first round that started after a request. */
+    private class RoundAfterRequest(private val ended: CompletableDeferred<Status>) {
+        private var skipRunning: Boolean? = null // true: a round was running when asked
+        private var inOurs = false
+
+        @Synchronized
+        fun see(s: Status) {
+            val running = s is Status.Running
+            when {
+                skipRunning == null -> skipRunning = running // the status when asked
+                skipRunning == true -> if (!running) skipRunning = false
+                !inOurs -> inOurs = running
+                !running -> ended.complete(s)
+            }
+        }
+    }
+
+    private fun statusOf(state: SyncState): Status = when (state) {
+        is SyncState.Idle -> Status.Idle(state.last)
+        is SyncState.Syncing -> Status.Running(state.progress)
+        is SyncState.WaitingToRetry -> Status.Waiting(state.atUnixMs, waitingMessage(state.atUnixMs), state.reason)
+        is SyncState.Failed -> Status.Failed(state.kind, syncFailureMessage(state.kind, state.reason), state.reason)
     }
 }
 
@@ -273,10 +336,14 @@ class PhoneApp(
     clock: Clock,
     location: LocationProvider,
     scope: CoroutineScope,
+    syncOptions: BackgroundSyncOptions? = null,
 ) {
     val enrollment = EnrollmentViewModel(repo, scope)
     val checkIn = CheckInViewModel(repo, clock, location, scope)
     val myRecords = MyRecordsViewModel(repo, clock, scope)
     val village = VillageViewModel(repo, scope)
-    val sync = SyncViewModel(repo, scope)
+    val sync = SyncViewModel(repo, scope, syncOptions)
+
+    /** Before the store is closed: ends the background sync. */
+    fun close() = sync.stop()
 }

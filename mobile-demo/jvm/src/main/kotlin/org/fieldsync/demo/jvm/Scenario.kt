@@ -3,14 +3,17 @@ package org.fieldsync.demo.jvm
 import java.io.File
 import java.nio.file.Files
 import kotlinx.coroutines.CoroutineScope
-import kotlinx.coroutines.joinAll
+import kotlinx.coroutines.awaitAll
+import kotlinx.coroutines.delay
 import kotlinx.coroutines.runBlocking
+import org.fieldsync.BackgroundSyncOptions
 import org.fieldsync.FieldStore
-import org.fieldsync.FieldSyncException
 import org.fieldsync.FieldValue
+import org.fieldsync.SyncFailure
 import org.fieldsync.demo.data.FieldRepository
 import org.fieldsync.demo.data.Location
 import org.fieldsync.demo.data.VisitInput
+import org.fieldsync.demo.ui.NO_CONNECTION
 import org.fieldsync.demo.ui.PhoneApp
 import org.fieldsync.demo.ui.SyncViewModel
 import org.fieldsync.demo.ui.display
@@ -28,6 +31,7 @@ class Scenario(private val workDir: File) {
     private val volunteer = ServerUser("zhang3", "张三", "volunteer", listOf("team:7"))
     private val villageA = ServerUser("li4", "李四", "village", listOf("village:3"))
     private val villageB = ServerUser("chen7", "陈七", "village", listOf("village:3"))
+    private val newcomer = ServerUser("wang5", "王五", "volunteer", listOf("team:7"))
 
     private var passed = 0
     private val failures = mutableListOf<String>()
@@ -42,9 +46,17 @@ class Scenario(private val workDir: File) {
     /** One phone: its own store folder, repository and view models, like one app install. */
     private inner class Phone(val owner: ServerUser, scope: CoroutineScope) {
         val store = FieldStore.open(File(workDir, "phone-${owner.id}").path)
-        val app = PhoneApp(FieldRepository(store), clock, location, scope)
+        val app = PhoneApp(FieldRepository(store), clock, location, scope, syncOptions)
         fun say(text: String) = println("[${owner.name}] $text")
+        fun close() {
+            app.close()
+            store.close()
+        }
     }
+
+    // Short rounds and quick retries, so a scripted day without signal takes seconds (a phone
+    // keeps the defaults: 2 min rounds, retries from 15 s up to 5 min apart).
+    private val syncOptions = BackgroundSyncOptions(deadlineSeconds = 3u, firstRetrySeconds = 2u, maxRetrySeconds = 10u)
 
     // A fixed day, so the printed hours are the same on every run.
     private var minuteOfDay = 8 * 60
@@ -55,14 +67,15 @@ class Scenario(private val workDir: File) {
 
     fun run(): Int = runBlocking {
         println("fieldsync field app demo: scripted scenario")
-        val (server, codes) = ServerProcess.startWith(File(workDir, "server"), listOf(volunteer, villageA, villageB))
+        val (server, codes) = ServerProcess.startWith(File(workDir, "server"), listOf(volunteer, villageA, villageB, newcomer))
         println("server listening on ${server.address}, certificate ${server.fingerprint.take(16)}…")
-        val phones = listOf(volunteer, villageA, villageB).map { Phone(it, this) }
-        val (zhang3, li4, chen7) = phones
+        val phones = listOf(volunteer, villageA, villageB, newcomer).map { Phone(it, this) }
+        val (zhang3, li4, chen7, wang5) = phones
         try {
             story(server, codes, zhang3, li4, chen7)
+            lostPhones(server, codes, zhang3, wang5)
         } finally {
-            phones.forEach { it.store.close() }
+            phones.forEach { it.close() }
             server.stop()
         }
         failures.forEach { println("failed: $it") }
@@ -122,21 +135,25 @@ class Scenario(private val workDir: File) {
             listOf("陈七"), needs = "助学申请")).join()
         chen7.say(chen7.app.village.notice.value?.text ?: "")
 
-        // All three try at once (each waits for the connection to time out, about 8 s).
-        phones.map { it.app.sync.sync() }.joinAll()
-        for (p in phones) {
-            val status = p.app.sync.status.value
-            p.say("sync: ${(status as? SyncViewModel.Status.Failed)?.message ?: status} (pending ${p.app.sync.pending.value})")
+        // All three try at once: each round keeps reconnecting until its 3 s deadline, then the
+        // background sync says "no connection" and schedules a retry of its own.
+        val offline = phones.map { it.app.sync.sync() }.awaitAll()
+        for ((p, status) in phones.zip(offline)) {
+            p.say("sync: ${(status as? SyncViewModel.Status.Waiting)?.message ?: status} (pending ${p.app.sync.pending.value})")
         }
-        check("offline syncs fail as network errors", phones.all {
-            (it.app.sync.status.value as? SyncViewModel.Status.Failed)?.cause is FieldSyncException.Network
+        check("offline syncs wait to retry, shown as \"no connection\"", offline.all {
+            it is SyncViewModel.Status.Waiting && it.message.startsWith(NO_CONNECTION)
         })
         check("offline work waits as pending: 张三 2, 李四 2, 陈七 2",
             phones.map { it.app.sync.pending.value } == listOf(2L, 2L, 2L))
 
-        section("4. The signal is back: every phone syncs")
-        server.start()
-        for (p in listOf(zhang3, li4, chen7, li4)) syncAndShow(p)
+        section("4. The signal is back: the phones sync again on their own (张三's is watched), then by hand")
+        val (byItself, states) = untilIdle(zhang3) { server.start() }
+        zhang3.say("sync on its own: ${states.joinToString(" → ")}; sent ${byItself?.last?.sent}")
+        check("张三's phone synced without being asked (… → Syncing → Idle, 2 sent)",
+            byItself?.last?.sent == 2uL && states.takeLast(2) == listOf("Syncing", "Idle"))
+        zhang3.app.myRecords.refresh().join()
+        for (p in listOf(li4, chen7, li4)) syncAndShow(p)
         check("nothing left pending", phones.all { it.app.sync.pending.value == 0L })
         check("nothing refused", phones.all { it.app.sync.refused.value.isEmpty() })
 
@@ -180,27 +197,95 @@ class Scenario(private val workDir: File) {
 
     private fun surveyId(p: Phone): String = p.app.village.surveys.value.first().id
 
-    private suspend fun syncAndShow(p: Phone) {
+    /** The name of a status, as the state sequence prints it. */
+    private fun name(s: SyncViewModel.Status): String = s::class.simpleName ?: "?"
+
+    /** "Sync now" on [p], printing the progress and the states the sync view model went through. */
+    private suspend fun syncAndShow(p: Phone): SyncViewModel.Status {
         val steps = mutableListOf<String>()
+        val states = mutableListOf<String>()
         val stop = p.app.sync.status.observe { s ->
-            if (s is SyncViewModel.Status.Running) {
+            synchronized(states) { if (states.lastOrNull() != name(s)) states += name(s) }
+            if (s is SyncViewModel.Status.Running && s.progress.toSend + s.progress.toReceive > 0uL) {
                 val p = s.progress
                 steps += "↑${p.sent}/${p.toSend} ↓${p.received}/${p.toReceive}"
             }
         }
         p.app.sync.refresh().join()
-        p.app.sync.sync().join()
+        val outcome = p.app.sync.sync().await()
         stop()
-        when (val s = p.app.sync.status.value) {
-            is SyncViewModel.Status.Done -> p.say(
-                "sync: progress ${steps.distinct().joinToString(" → ")}; sent ${s.report.sent}, " +
-                    "received ${s.report.received}, refused ${s.report.refused.size}",
+        val sequence = synchronized(states) { states.toList() }.dropWhile { it != "Running" }.map { it.replace("Running", "Syncing") }
+        when (outcome) {
+            is SyncViewModel.Status.Idle -> p.say(
+                "sync: ${sequence.joinToString(" → ")}; progress ${steps.distinct().joinToString(" → ").ifEmpty { "(nothing to do)" }}; " +
+                    "sent ${outcome.last?.sent}, received ${outcome.last?.received}, refused ${outcome.last?.refused?.size}",
             )
-            is SyncViewModel.Status.Failed -> p.say("sync failed: ${s.message}")
-            else -> p.say("sync: $s")
+            is SyncViewModel.Status.Waiting -> p.say("sync: ${sequence.joinToString(" → ")}: ${outcome.message}")
+            is SyncViewModel.Status.Failed -> p.say("sync: ${sequence.joinToString(" → ")}: ${outcome.message}")
+            is SyncViewModel.Status.Running -> p.say("sync: $outcome")
         }
+        // The round this sync waited for is the last: it went Syncing → Idle (a retry of its own
+        // may have run just before).
+        check("${p.owner.name}'s sync went Syncing → Idle", outcome is SyncViewModel.Status.Idle && sequence.takeLast(2) == listOf("Syncing", "Idle"))
         p.app.village.refresh().join()
         p.app.myRecords.refresh().join()
+        return outcome
+    }
+
+    /**
+     * Runs [meanwhile], then waits (up to a minute) until [p]'s background sync is Idle after a
+     * round it ran on its own; returns that state and the states it went through.
+     */
+    private suspend fun untilIdle(p: Phone, meanwhile: () -> Unit): Pair<SyncViewModel.Status.Idle?, List<String>> {
+        val states = mutableListOf<String>()
+        val stop = p.app.sync.status.observe { s ->
+            val n = name(s).replace("Running", "Syncing")
+            synchronized(states) { if (states.lastOrNull() != n) states += n }
+        }
+        meanwhile()
+        val started = System.nanoTime()
+        var idle: SyncViewModel.Status.Idle? = null
+        while (idle == null && System.nanoTime() - started < 60_000_000_000L) {
+            idle = (p.app.sync.status.value as? SyncViewModel.Status.Idle)?.takeIf { it.last != null }
+            if (idle == null) delay(50)
+        }
+        stop()
+        p.app.sync.refresh().join()
+        return idle to synchronized(states) { states.toList() }
+    }
+
+    /**
+     * 8. Lost and new phones: what the sync line says when the signal is not the problem.
+     * A revoked phone is told to enroll again (and the phone stops trying); a phone enrolling
+     * with a mistyped fingerprint is told to check it. Neither says "no connection".
+     */
+    private suspend fun lostPhones(server: ServerProcess, codes: Map<String, String>, zhang3: Phone, wang5: Phone) {
+        section("8. 张三's phone is lost and revoked; 王五 types the fingerprint wrong")
+        // The server is stopped after the export: the admin revokes, then serves again.
+        server.revoke(zhang3.store.deviceId())
+        server.start()
+        zhang3.app.checkIn.edit { it.copy(activity = "清洁家园", place = "幸福社区") }
+        zhang3.app.checkIn.submit().join()
+        val revoked = zhang3.app.sync.sync().await()
+        zhang3.say("sync: ${(revoked as? SyncViewModel.Status.Failed)?.message ?: revoked}")
+        check("a revoked phone's sync fails as unauthorized, not \"no connection\"",
+            revoked is SyncViewModel.Status.Failed && revoked.kind == SyncFailure.UNAUTHORIZED &&
+                !revoked.message.startsWith(NO_CONNECTION) && revoked.message.contains("new code"))
+        delay(3_000) // a retry (2 s) would have started by now
+        check("a revoked phone does not retry on its own and keeps its check-in",
+            zhang3.app.sync.status.value == revoked && zhang3.app.sync.pending.value == 1L)
+
+        val wrong = server.fingerprint.reversed()
+        wang5.app.enrollment.enroll(server.address, wrong, codes.getValue(wang5.owner.id)).join()
+        val notice = wang5.app.enrollment.notice.value
+        wang5.say(notice?.text ?: "")
+        check("a wrong fingerprint says so, not \"no connection\"",
+            notice != null && notice.error && notice.text.contains("fingerprint") && !notice.text.startsWith(NO_CONNECTION) &&
+                wang5.app.enrollment.enrollment.value == null)
+        wang5.app.enrollment.enroll(server.address, server.fingerprint, codes.getValue(wang5.owner.id)).join()
+        wang5.say(wang5.app.enrollment.notice.value?.text ?: "")
+        check("with the right fingerprint 王五's phone enrolls", wang5.app.enrollment.enrollment.value != null)
+        server.stop()
     }
 
     private suspend fun showVillage(p: Phone) {

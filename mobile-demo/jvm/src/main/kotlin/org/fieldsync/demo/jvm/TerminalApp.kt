@@ -3,6 +3,7 @@ package org.fieldsync.demo.jvm
 import java.io.BufferedReader
 import java.io.File
 import java.io.InputStreamReader
+import kotlinx.coroutines.cancelChildren
 import kotlinx.coroutines.runBlocking
 import org.fieldsync.FieldStore
 import org.fieldsync.FieldSyncException
@@ -41,18 +42,30 @@ class TerminalApp(private val repo: FieldRepository, private val input: Buffered
         // A desk has no GPS: check-ins from the terminal carry no coordinates.
         app = PhoneApp(repo, SystemClock, LocationProvider { null as Location? }, this)
         app.enrollment.load().join()
+        // A phone syncs when the app starts; the background sync retries without signal.
+        if (app.enrollment.enrollment.value != null) app.sync.sync()
+        try {
+            menu()
+        } finally {
+            app.close()
+            // A sync the menu asked for may never end now: it was cut off.
+            coroutineContext.cancelChildren()
+        }
+    }
+
+    private suspend fun menu() {
         while (true) {
             app.sync.refresh().join()
             val who = app.enrollment.enrollment.value
                 ?.let { "${it.userName} (${it.role.name.lowercase()}: ${it.scopes.joinToString()})" }
                 ?: "not enrolled"
             println()
-            println("== fieldsync · $who · ${app.sync.pending.value} pending · ${app.sync.refused.value.size} refused")
+            println("== fieldsync · $who · ${app.sync.pending.value} pending · ${app.sync.refused.value.size} refused · ${line(app.sync.status.value)}")
             println(" 1 check in               2 check out            3 my check-ins and hours")
             println(" 4 village surveys        5 edit a survey field  6 record a household visit")
             println(" 7 sync now               8 enroll this phone    9 history of a record")
             println(" 0 quit")
-            when (ask(">") ?: return@runBlocking) {
+            when (ask(">") ?: return) {
                 "1" -> checkIn()
                 "2" -> checkOut()
                 "3" -> myRecords()
@@ -62,10 +75,18 @@ class TerminalApp(private val repo: FieldRepository, private val input: Buffered
                 "7" -> sync()
                 "8" -> enroll()
                 "9" -> history()
-                "0", "q" -> return@runBlocking
+                "0", "q" -> return
                 else -> println("? choose a number from the menu")
             }
         }
+    }
+
+    /** The sync status in the menu's header. */
+    private fun line(s: SyncViewModel.Status): String = when (s) {
+        is SyncViewModel.Status.Idle -> if (s.last == null) "not synced yet" else "synced"
+        is SyncViewModel.Status.Running -> "syncing ${s.done}/${s.total}"
+        is SyncViewModel.Status.Waiting -> "no signal, retrying on its own"
+        is SyncViewModel.Status.Failed -> "sync stopped: ${s.kind.name.lowercase()}"
     }
 
     private suspend fun checkIn() {
@@ -169,16 +190,17 @@ class TerminalApp(private val repo: FieldRepository, private val input: Buffered
                 System.out.flush()
             }
         }
-        app.sync.sync().join()
+        val outcome = app.sync.sync().await()
         stop()
         println()
-        when (val s = app.sync.status.value) {
-            is SyncViewModel.Status.Done -> {
-                println("  sent ${s.report.sent}, received ${s.report.received}, refused ${s.report.refused.size}")
-                s.report.refused.forEach { println("  ! refused ${it.id}: ${it.reason}") }
+        when (outcome) {
+            is SyncViewModel.Status.Idle -> outcome.last?.let { r ->
+                println("  sent ${r.sent}, received ${r.received}, refused ${r.refused.size}")
+                r.refused.forEach { println("  ! refused ${it.id}: ${it.reason}") }
             }
-            is SyncViewModel.Status.Failed -> println("! ${s.message}")
-            else -> {}
+            is SyncViewModel.Status.Waiting -> println("! ${outcome.message}")
+            is SyncViewModel.Status.Failed -> println("! ${outcome.message}")
+            is SyncViewModel.Status.Running -> {}
         }
     }
 
