@@ -101,6 +101,9 @@ pub struct Link {
     started: Instant,
     backoff: Backoff,
     connections: usize,
+    /// How long the server may stay silent during an exchange before the connection is
+    /// given up (see [`unless_stalled`]).
+    stall: Duration,
     /// Times the last request was written out whole (more than once if it was sent again).
     sends: usize,
     /// Wire bytes of the connections already lost.
@@ -128,6 +131,7 @@ impl Link {
             started,
             backoff,
             connections: 0,
+            stall: dial.idle_timeout * 2 / 3,
             sends: 0,
             spent: (0, 0),
         })
@@ -139,7 +143,10 @@ impl Link {
         self.sends = 0;
         loop {
             let result = match self.connected().await {
-                Ok(conn) => exchange_on(&conn, msg, &self.limits, &mut self.sends).await,
+                Ok(conn) => {
+                    let exchange = exchange_on(&conn, msg, &self.limits, &mut self.sends);
+                    unless_stalled(&conn, self.stall, exchange).await
+                }
                 Err(e) => Err(e),
             };
             match result {
@@ -201,6 +208,42 @@ impl Link {
             let (tx, rx) = conn_bytes(&conn);
             self.spent = (self.spent.0 + tx, self.spent.1 + rx);
             conn.close(close::DONE.into(), b"giving up on this connection");
+        }
+    }
+}
+
+/// Runs `work` on `conn` unless nothing at all arrives from the server for `stall`.
+///
+/// A healthy connection hears from the server at least every keep-alive (its ACKs). Silence
+/// that long means a dead path, or a connection the server has already dropped: at 30 % loss a
+/// lost handshake flight is retried with doubling probe timeouts until the gap outgrows the
+/// server's idle timeout, and the client then waits out its own idle timeout only to be reset.
+/// Giving the connection up and making a new one (whose first probes come quickly again) ends
+/// that wait; the request is idempotent and simply sent again.
+async fn unless_stalled<T>(
+    conn: &quinn::Connection,
+    stall: Duration,
+    work: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::pin!(work);
+    let mut heard = conn.stats().udp_rx.bytes;
+    let mut quiet_since = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = tick.tick() => {
+                let now = conn.stats().udp_rx.bytes;
+                if now != heard {
+                    heard = now;
+                    quiet_since = Instant::now();
+                } else if quiet_since.elapsed() >= stall {
+                    return Err(ClientError::Network(format!(
+                        "nothing heard from the server for {:.0} s",
+                        stall.as_secs_f64()
+                    )));
+                }
+            }
         }
     }
 }

@@ -139,12 +139,17 @@ pub async fn enroll_with(
         idle_timeout: options.idle_timeout,
     };
     let mut link = Link::open(&dial, options.deadline).await?;
-    let reply = link
-        .exchange(&ClientMsg::Enroll {
-            version: PROTOCOL_VERSION,
-            code: code.to_string(),
-        })
-        .await;
+    let request = ClientMsg::Enroll {
+        version: PROTOCOL_VERSION,
+        code: code.to_string(),
+    };
+    let reply = match tokio::time::timeout(options.deadline, link.exchange(&request)).await {
+        Ok(reply) => reply,
+        Err(_) => Err(ClientError::Network(format!(
+            "enrollment did not finish within {} s",
+            options.deadline.as_secs()
+        ))),
+    };
     link.close().await;
     match reply? {
         ServerMsg::Enrolled(e) => {
