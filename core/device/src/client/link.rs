@@ -190,14 +190,25 @@ impl Link {
             }
             self.lose_connection();
         }
-        let left = self.backoff.remaining(self.started.elapsed());
+        // A handshake whose flights keep getting lost backs its probes off further and further;
+        // past the stall limit a new attempt (quick first probes again) beats waiting.
+        let left = self
+            .backoff
+            .remaining(self.started.elapsed())
+            .min(self.stall);
         self.connections += 1;
         let conn =
             match tokio::time::timeout(left, connect_on(&self.endpoint, self.addr, &self.server))
                 .await
             {
                 Ok(conn) => conn?,
-                Err(_) => return Err(ClientError::Network(format!("{}: timed out", self.server))),
+                Err(_) => {
+                    return Err(ClientError::Network(format!(
+                        "{}: no handshake within {:.0} s",
+                        self.server,
+                        left.as_secs_f64()
+                    )));
+                }
             };
         self.conn = Some(conn.clone());
         Ok(conn)
