@@ -346,19 +346,19 @@ async fn commit(
 ) -> Result<Vec<PushResult>, StorageFailure> {
     let limits = shared.limits.clone();
     let merge_ctx = ctx.clone();
-    let prepared = on_store(shared, move |store| {
+    let found = on_store(shared, move |store| {
         match store.recorded_batch(&merge_ctx.device_id, batch)? {
-            Some(outcomes) => Ok(Err(outcomes)),
-            None => store.prepare(&merge_ctx, push, &limits).map(Ok),
+            Some(outcomes) => Ok(BatchFound::Committed(outcomes)),
+            None => Ok(BatchFound::New(store.prepare(&merge_ctx, push, &limits)?)),
         }
     })
     .await?;
-    let results = match prepared {
-        Err(recorded) => {
+    let results = match found {
+        BatchFound::Committed(recorded) => {
             tracing::info!(device = %ctx.device_id, batch, "batch already committed; answered from its record");
             recorded
         }
-        Ok(prepared) => shared
+        BatchFound::New(prepared) => shared
             .committer
             .commit(ctx, Some(batch), prepared)
             .await
@@ -366,6 +366,14 @@ async fn commit(
     };
     shared.metrics.record_results(&results);
     Ok(results)
+}
+
+/// A pushed batch as the store finds it.
+enum BatchFound {
+    /// The device's last committed batch has this id: its recorded outcomes.
+    Committed(Vec<PushResult>),
+    /// A batch not seen yet, merged and ready for the commit thread.
+    New(Vec<crate::store::Prepared>),
 }
 
 /// Runs a store read on the blocking pool: redb reads block on the file.

@@ -111,17 +111,9 @@ async fn a_lost_push_reply_costs_at_most_one_batch() {
     // committed; an outage longer than the (shortened) idle timeout then kills the connection,
     // so the reply is truly lost and the round must send the batch again on a new one.
     let link = impaired(LinkConfig::clean().with_delay(Duration::from_millis(300), Duration::ZERO));
-    let handle = link.handle();
     let store = server.dir.store.clone();
-    let watcher = tokio::spawn(async move {
-        for _ in 0..3000 {
-            if store.records(None, None).map(|r| r.len()).unwrap_or(0) == 50 {
-                handle.outage_now(Duration::from_secs(4));
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        false
+    let watcher = outage_once(&link, move || {
+        store.records(None, None).map(|r| r.len()).unwrap_or(0) == 50
     });
     let options = SyncOptions {
         idle_timeout: Duration::from_secs(2),
@@ -209,18 +201,8 @@ async fn enrollment_rides_out_an_outage_after_the_server_took_the_code() {
     let phone = Phone::open(&root.join("phone"));
     let device = phone.store.device_id();
     let link = impaired(LinkConfig::clean().with_delay(Duration::from_millis(300), Duration::ZERO));
-    let handle = link.handle();
     let store = server.dir.store.clone();
-    let watcher = tokio::spawn(async move {
-        for _ in 0..3000 {
-            if store.device_known(&device).unwrap_or(false) {
-                handle.outage_now(Duration::from_secs(4));
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        false
-    });
+    let watcher = outage_once(&link, move || store.device_known(&device).unwrap_or(false));
     let options = SyncOptions {
         idle_timeout: Duration::from_secs(2),
         ..options(link, Duration::from_secs(60))
@@ -281,6 +263,25 @@ async fn handshakes_and_rounds_complete_at_30_percent_loss() {
     }
     assert_eq!(server.records().len(), 5);
     server.running.take().expect("running").stop().await;
+}
+
+/// Cuts the link for 4 s the moment `happened` turns true (checked every 2 ms, for 6 s at
+/// most); the task's result says whether it did.
+fn outage_once(
+    link: &ImpairedSocket,
+    happened: impl Fn() -> bool + Send + 'static,
+) -> tokio::task::JoinHandle<bool> {
+    let handle = link.handle();
+    tokio::spawn(async move {
+        for _ in 0..3000 {
+            if happened() {
+                handle.outage_now(Duration::from_secs(4));
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        false
+    })
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

@@ -284,13 +284,15 @@ async fn wait_or_give_up(
 
 /// A uniform draw in [0, 1) for backoff jitter.
 fn random_unit() -> f64 {
-    let mut bytes = [0u8; 8];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A fresh random id for a round's first batch.
 pub(crate) fn random_batch_id() -> u64 {
+    random_u64()
+}
+
+fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
     u64::from_le_bytes(bytes)
