@@ -5,6 +5,7 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admission;
 pub mod auth;
 pub mod enrollment;
 pub mod export;
@@ -130,6 +131,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
 pub struct Metrics {
     pub connections: AtomicU64,
     pub connections_open: AtomicU64,
+    /// Connections and handshakes closed at once for want of a slot (see [`admission`]).
+    pub connections_busy: AtomicU64,
     pub rounds: AtomicU64,
     pub records_accepted: AtomicU64,
     pub records_refused: AtomicU64,
@@ -138,6 +141,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Adds one to a counter.
+    pub fn count(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn record_commit(&self, took: Duration, rounds: usize) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.rounds.fetch_add(rounds as u64, Ordering::Relaxed);
@@ -247,6 +255,8 @@ pub struct ServeOptions {
     pub insecure_cookies: bool,
     /// Connections the dashboard serves at once, and how long one may idle.
     pub http_limits: http::conn::HttpLimits,
+    /// Caps on the sync connections per class, address and device.
+    pub admission: admission::AdmissionLimits,
 }
 
 impl ServeOptions {
@@ -258,6 +268,7 @@ impl ServeOptions {
             limits: Limits::default(),
             insecure_cookies: false,
             http_limits: http::conn::HttpLimits::default(),
+            admission: admission::AdmissionLimits::default(),
         }
     }
 }
@@ -304,6 +315,7 @@ pub fn start_with(
     let shared = Arc::new(session::Shared::new(
         store,
         options.limits,
+        options.admission,
         metrics.clone(),
         fatal_tx,
     ));

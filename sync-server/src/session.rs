@@ -1,11 +1,19 @@
-//! The server side of the sync protocol over quinn: accept, authenticate, serve exchanges.
+//! The server side of the sync protocol over quinn: admit, authenticate, serve exchanges.
 //!
-//! Authentication happens before any sync message is read: the device's TLS client certificate
+//! Who is asking is settled before any request is read: the device's TLS client certificate
 //! proved possession of its key in the handshake; here its key id is looked up in the device
-//! table. Unknown devices may only send `Enroll`; revoked ones are closed at once.
+//! table (on the blocking pool). Then each class of connection gets only what it needs
+//! ([`crate::admission`]):
+//!
+//! - an enrolled device serves sync rounds; its requests (up to `Limits::max_frame_bytes`) are
+//!   read on the async workers but inflated and decoded on the blocking pool, a few at a time;
+//! - a stranger (a certificate not enrolled) may send one small, uncompressed `Enroll` within
+//!   a short deadline, and is closed after the reply;
+//! - a revoked device is closed at once as unauthorised.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use fieldsync_device::tls;
@@ -20,6 +28,8 @@ use fieldsync_proto::sync::{ServerEffect, ServerExchange, ServerInput, StorageFa
 use tokio::sync::{Semaphore, watch};
 
 use crate::Metrics;
+use crate::admission::{Admission, AdmissionLimits, Slot};
+use crate::enrollment::{CodeGuard, normalize_code};
 use crate::store::{Committer, ServerStore, StoreError};
 
 /// Everything a connection needs, shared by all of them.
@@ -28,8 +38,12 @@ pub struct Shared {
     pub committer: Committer,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// Connection slots per class, address and device.
+    pub admission: Arc<Admission<quinn::Connection>>,
     rounds: Mutex<HashMap<String, Vec<Instant>>>,
-    enroll_failures: Mutex<HashMap<std::net::IpAddr, Vec<Instant>>>,
+    codes: CodeGuard,
+    /// Requests being inflated and decoded at once.
+    decoding: Arc<Semaphore>,
     /// Held by a dashboard change from loading the record until its commit: each office user
     /// writes under one fixed actor, so two changes built from the same stored version would
     /// both claim that actor's next sequence number and the second would be refused.
@@ -40,6 +54,7 @@ impl Shared {
     pub fn new(
         store: ServerStore,
         limits: Limits,
+        admission: AdmissionLimits,
         metrics: Arc<Metrics>,
         fatal: watch::Sender<Option<String>>,
     ) -> Shared {
@@ -49,67 +64,42 @@ impl Shared {
             committer,
             limits,
             metrics,
+            decoding: Arc::new(Semaphore::new(admission.max_decoding.max(1))),
+            codes: CodeGuard::new(admission.code_cooldown),
+            admission: Admission::new(admission),
             rounds: Mutex::new(HashMap::new()),
-            enroll_failures: Mutex::new(HashMap::new()),
             office_changes: Mutex::new(()),
         }
     }
 
     /// Whether `device` may send another `Sync` now (a sliding one-minute window).
+    ///
+    /// Keyed by enrolled devices only, so the map is as large as the device table at most;
+    /// devices with no round in the window are dropped from it.
     fn admit_round(&self, device: &str) -> bool {
-        admit(
-            &self.rounds,
-            device.to_string(),
-            self.limits.max_rounds_per_minute,
-            true,
-        )
-    }
-
-    /// Whether `ip` may try another enrollment code now.
-    fn admit_enroll(&self, ip: std::net::IpAddr) -> bool {
-        admit(
-            &self.enroll_failures,
-            ip,
-            self.limits.max_enroll_failures_per_minute,
-            false,
-        )
-    }
-
-    fn enroll_failed(&self, ip: std::net::IpAddr) {
-        if let Ok(mut failures) = self.enroll_failures.lock() {
-            failures.entry(ip).or_default().push(Instant::now());
+        let mut rounds = self.rounds.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let window = Duration::from_secs(60);
+        if rounds.len() > 1024 {
+            rounds.retain(|_, recent| {
+                recent
+                    .last()
+                    .is_some_and(|t| now.duration_since(*t) < window)
+            });
         }
-    }
-}
-
-/// A sliding one-minute window per key: whether one more event is allowed, counting it if
-/// `count` (failures are counted only once they happen).
-fn admit<K: std::hash::Hash + Eq>(
-    window: &Mutex<HashMap<K, Vec<Instant>>>,
-    key: K,
-    limit: u32,
-    count: bool,
-) -> bool {
-    let Ok(mut events) = window.lock() else {
-        return false;
-    };
-    let now = Instant::now();
-    let recent = events.entry(key).or_default();
-    recent.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
-    if recent.len() >= limit as usize {
-        return false;
-    }
-    if count {
+        let recent = rounds.entry(device.to_string()).or_default();
+        recent.retain(|t| now.duration_since(*t) < window);
+        if recent.len() >= self.limits.max_rounds_per_minute as usize {
+            return false;
+        }
         recent.push(now);
+        true
     }
-    true
 }
 
-/// How long one request may take to arrive; a stalled sender does not hold a slot forever.
+/// How long one request of an enrolled device may take to arrive; a stalled sender does not
+/// hold a slot forever.
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Most connections served at once; more wait in the accept queue (backpressure).
-pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Accepts connections until `shutdown` turns true, then closes them and waits for commits.
 pub async fn run(
@@ -117,16 +107,8 @@ pub async fn run(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tasks = tokio::task::JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.changed() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let incoming = tokio::select! {
             _ = shutdown.changed() => break,
             i = endpoint.accept() => match i {
@@ -134,13 +116,35 @@ pub async fn run(
                 None => break,
             },
         };
+        let address = incoming.remote_address().ip();
+        // Under load, a client must prove its address before it counts against one, so
+        // spoofed sources cannot fill the per-address shares of real ones.
+        if !incoming.remote_address_validated()
+            && incoming.may_retry()
+            && shared.admission.should_validate()
+        {
+            let _ = incoming.retry();
+            continue;
+        }
+        let slot = match shared.admission.handshake(address) {
+            Ok(slot) => slot,
+            Err(busy) => {
+                tracing::debug!(%address, reason = %busy, "handshake refused");
+                shared.metrics.count(&shared.metrics.connections_busy);
+                incoming.refuse();
+                continue;
+            }
+        };
         let shared = shared.clone();
         tasks.spawn(async move {
-            let _permit = permit;
-            match incoming.await {
-                Ok(conn) => handle_connection(conn, shared).await,
-                Err(e) => tracing::debug!(error = %e, "handshake failed"),
-            }
+            let timeout = shared.admission.limits().handshake_timeout;
+            let conn = match tokio::time::timeout(timeout, incoming).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return tracing::debug!(error = %e, "handshake failed"),
+                Err(_) => return tracing::debug!(%address, "handshake timed out"),
+            };
+            drop(slot);
+            handle_connection(conn, shared).await
         });
         while tasks.try_join_next().is_some() {}
     }
@@ -174,91 +178,108 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Who a connection's certificate belongs to.
+enum Peer {
+    Enrolled(DeviceCtx),
+    Revoked,
+    Stranger,
+}
+
 async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
-    shared
-        .metrics
-        .connections
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared.metrics.count(&shared.metrics.connections);
     let _open = OpenConnection::count(&shared.metrics);
     let Some(device_id) = peer_device_id(&conn) else {
         conn.close(close::UNAUTHORIZED.into(), b"no device certificate");
         return;
     };
-    let ctx = match shared.store.device_ctx(&device_id) {
-        Ok(ctx) => ctx,
+    let id = device_id.clone();
+    let peer = on_store(&shared, move |store| match store.device_ctx(&id)? {
+        Some(ctx) => Ok(Peer::Enrolled(ctx)),
+        None if store.device_known(&id)? => Ok(Peer::Revoked),
+        None => Ok(Peer::Stranger),
+    })
+    .await;
+    let address = conn.remote_address().ip();
+    match peer {
         Err(e) => {
-            tracing::error!(error = %e, "device lookup failed");
-            conn.close(close::UNAUTHORIZED.into(), b"server error");
-            return;
+            tracing::error!(device = %device_id, error = %e.0, "device lookup failed");
+            conn.close(
+                close::SERVER_ERROR.into(),
+                b"server trouble; try again later",
+            );
         }
-    };
-    if ctx.is_none() && shared.store.device_known(&device_id).unwrap_or(false) {
-        tracing::info!(device = %device_id, "revoked device refused");
-        conn.close(close::UNAUTHORIZED.into(), b"this device has been revoked");
-        return;
+        Ok(Peer::Revoked) => {
+            tracing::info!(device = %device_id, "revoked device refused");
+            conn.close(close::UNAUTHORIZED.into(), b"this device has been revoked");
+        }
+        Ok(Peer::Enrolled(ctx)) => match shared.admission.device(&device_id, conn.clone()) {
+            Ok((slot, replaced)) => {
+                for old in replaced {
+                    old.close(close::DONE.into(), b"replaced by a newer connection");
+                }
+                serve_device(&conn, &shared, &ctx, slot).await;
+            }
+            Err(busy) => close_busy(&conn, &shared, busy),
+        },
+        Ok(Peer::Stranger) => match shared.admission.stranger(address) {
+            Ok(slot) => serve_stranger(&conn, &shared, &device_id, address, slot).await,
+            Err(busy) => close_busy(&conn, &shared, busy),
+        },
     }
-    let mut ctx = ctx;
-    let remote_ip = conn.remote_address().ip();
+}
+
+fn close_busy(conn: &quinn::Connection, shared: &Shared, busy: crate::admission::Busy) {
+    tracing::debug!(address = %conn.remote_address(), reason = %busy, "no connection slot");
+    shared.metrics.count(&shared.metrics.connections_busy);
+    conn.close(close::BUSY.into(), busy.to_string().as_bytes());
+}
+
+/// Serves an enrolled device's requests until it closes the connection.
+async fn serve_device(
+    conn: &quinn::Connection,
+    shared: &Arc<Shared>,
+    ctx: &DeviceCtx,
+    _slot: Slot<quinn::Connection>,
+) {
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(_) => return,
         };
-        let request = tokio::time::timeout(
+        let read = tokio::time::timeout(
             REQUEST_READ_TIMEOUT,
-            read_request(&mut recv, &shared.limits),
+            read_request_body(&mut recv, shared.limits.max_frame_bytes),
         );
-        let Ok(request) = request.await else {
-            tracing::info!(device = %device_id, "request not received in time; closing");
+        let Ok(body) = read.await else {
+            tracing::info!(device = %ctx.device_id, "request not received in time; closing");
             conn.close(close::DONE.into(), b"request timed out");
             return;
         };
-        let reply = match (request, &ctx) {
-            (Err(e), _) => {
-                tracing::info!(device = %device_id, error = %e, "bad request");
+        let request = match body {
+            Ok(body) => decode_off_workers(shared, body).await,
+            Err(e) => Err(e),
+        };
+        let reply = match request {
+            Err(e) => {
+                tracing::info!(device = %ctx.device_id, error = %e, "bad request");
                 ServerMsg::Error {
                     code: e.code(),
                     message: e.to_string(),
                 }
             }
             // An enrolled device may send its code again: its first reply may have been lost.
-            (Ok(ClientMsg::Enroll { .. }), _) if !shared.admit_enroll(remote_ip) => {
-                ServerMsg::Error {
-                    code: ErrorCode::RateLimited,
-                    message:
-                        "too many refused enrollment codes from this address; try again in a minute"
-                            .into(),
-                }
+            Ok(ClientMsg::Enroll { version, code }) => {
+                enroll_guarded(shared, &ctx.device_id, version, &code).await
             }
-            (Ok(ClientMsg::Enroll { version, code }), _) => {
-                let reply = enroll(&shared, &device_id, version, &code).await;
-                match reply {
-                    ServerMsg::Enrolled(_) => {
-                        ctx = shared.store.device_ctx(&device_id).ok().flatten()
-                    }
-                    ServerMsg::Error {
-                        code: ErrorCode::BadCode,
-                        ..
-                    } => shared.enroll_failed(remote_ip),
-                    _ => {}
-                }
-                reply
-            }
-            (Ok(_), None) => ServerMsg::Error {
-                code: ErrorCode::Unauthorized,
-                message: "this device is not enrolled".into(),
-            },
             // Every Sync counts, so one long-lived connection cannot get around the limit.
-            (Ok(ClientMsg::Sync { .. }), Some(known)) if !shared.admit_round(&known.device_id) => {
-                ServerMsg::Error {
-                    code: ErrorCode::RateLimited,
-                    message: format!(
-                        "more than {} sync rounds in a minute; try again shortly",
-                        shared.limits.max_rounds_per_minute
-                    ),
-                }
-            }
-            (Ok(msg), Some(known)) => {
+            Ok(ClientMsg::Sync { .. }) if !shared.admit_round(&ctx.device_id) => ServerMsg::Error {
+                code: ErrorCode::RateLimited,
+                message: format!(
+                    "more than {} sync rounds in a minute; try again shortly",
+                    shared.limits.max_rounds_per_minute
+                ),
+            },
+            Ok(msg) => {
                 let pull_only = matches!(
                     msg,
                     ClientMsg::Sync {
@@ -267,24 +288,120 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                         ..
                     }
                 );
-                let reply = serve_exchange(&shared, known, msg).await;
+                let reply = serve_exchange(shared, ctx, msg).await;
                 if pull_only && matches!(reply, ServerMsg::SyncReply(_)) {
-                    touch(&shared, known);
+                    touch(shared, ctx);
                 }
                 reply
             }
         };
-        let frame = match protocol::encode_frame(&reply) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode reply");
-                return;
-            }
-        };
-        if send.write_all(&frame).await.is_err() || send.finish().is_err() {
+        if send_reply(&mut send, &reply).await.is_err() {
             return;
         }
     }
+}
+
+/// Serves a connection whose certificate is not enrolled: one small, uncompressed request
+/// within the stranger deadline, which must be `Enroll`; then the connection is done.
+async fn serve_stranger(
+    conn: &quinn::Connection,
+    shared: &Arc<Shared>,
+    device_id: &str,
+    address: IpAddr,
+    _slot: Slot<quinn::Connection>,
+) {
+    let limits = *shared.admission.limits();
+    let served = tokio::time::timeout(limits.stranger_deadline, async {
+        let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+        let request = match read_request_body(&mut recv, limits.max_stranger_frame).await {
+            Ok(body) => protocol::decode_plain_body::<ClientMsg>(&body),
+            Err(e) => Err(e),
+        };
+        let reply = match request {
+            Ok(ClientMsg::Enroll { version, code }) => {
+                enroll_guarded(shared, device_id, version, &code).await
+            }
+            // Only a sync can be large or compressed, and only an enrolled device may sync:
+            // said without reading or inflating any of it.
+            Ok(_)
+            | Err(
+                protocol::ProtocolError::Compressed | protocol::ProtocolError::FrameTooLarge { .. },
+            ) => ServerMsg::Error {
+                code: ErrorCode::Unauthorized,
+                message: "this device is not enrolled".into(),
+            },
+            Err(e) => {
+                tracing::info!(device = %device_id, %address, error = %e, "bad request from an unenrolled device");
+                ServerMsg::Error {
+                    code: e.code(),
+                    message: e.to_string(),
+                }
+            }
+        };
+        send_reply(&mut send, &reply).await.ok()?;
+        // Closing at once would drop a reply still in flight: wait until the device has
+        // acknowledged it (or closed the connection itself), within the deadline.
+        tokio::select! {
+            _ = send.stopped() => {}
+            _ = conn.closed() => {}
+        }
+        Some(())
+    })
+    .await;
+    if served.is_err() {
+        tracing::debug!(device = %device_id, %address, "unenrolled connection ran out of time");
+    }
+    conn.close(close::DONE.into(), b"enroll first");
+}
+
+/// Writes a reply on its stream and finishes the stream.
+async fn send_reply(send: &mut quinn::SendStream, reply: &ServerMsg) -> Result<(), ()> {
+    let frame = protocol::encode_frame(reply).map_err(|e| {
+        tracing::error!(error = %e, "cannot encode reply");
+    })?;
+    send.write_all(&frame).await.map_err(|_| ())?;
+    send.finish().map_err(|_| ())
+}
+
+/// Decodes (inflating if compressed) a request body on the blocking pool, a few at a time:
+/// inflation is CPU work that may reach `Limits::max_inflated_bytes`.
+async fn decode_off_workers(
+    shared: &Arc<Shared>,
+    body: Vec<u8>,
+) -> Result<ClientMsg, protocol::ProtocolError> {
+    let Ok(_permit) = shared.decoding.clone().acquire_owned().await else {
+        return Err(protocol::ProtocolError::Encoding(
+            "server shutting down".into(),
+        ));
+    };
+    let limits = shared.limits.clone();
+    tokio::task::spawn_blocking(move || protocol::decode_body(&body, &limits))
+        .await
+        .unwrap_or_else(|e| {
+            Err(protocol::ProtocolError::Encoding(format!(
+                "decoding failed: {e}"
+            )))
+        })
+}
+
+/// Enrolls a device unless its code has had too many wrong tries lately.
+async fn enroll_guarded(
+    shared: &Arc<Shared>,
+    device_id: &str,
+    version: u16,
+    typed: &str,
+) -> ServerMsg {
+    let code = normalize_code(typed);
+    if let Err(wait) = shared.codes.check(&code, Instant::now()) {
+        return ServerMsg::Error {
+            code: ErrorCode::RateLimited,
+            message: format!(
+                "this enrollment code was tried wrongly too often; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        };
+    }
+    enroll(shared, device_id, version, &code).await
 }
 
 /// Answers one request of an enrolled device by driving the proto crate's exchange: merges and
@@ -396,11 +513,12 @@ async fn enroll(shared: &Arc<Shared>, device_id: &str, version: u16, code: &str)
         };
     }
     let store = shared.store.clone();
-    let (device, code) = (device_id.to_string(), code.to_string());
+    let (device, typed) = (device_id.to_string(), code.to_string());
     let now = chrono::Utc::now().timestamp();
-    let result = tokio::task::spawn_blocking(move || store.enroll(&code, &device, now)).await;
+    let result = tokio::task::spawn_blocking(move || store.enroll(&typed, &device, now)).await;
     match result {
         Ok(Ok((user, device))) => {
+            shared.codes.used(code);
             tracing::info!(device = %device.device_id, user = %user.id, "device enrolled");
             ServerMsg::Enrolled(Enrollment {
                 device_id: device.device_id,
@@ -414,6 +532,15 @@ async fn enroll(shared: &Arc<Shared>, device_id: &str, version: u16, code: &str)
             code: ErrorCode::BadCode,
             message,
         },
+        Ok(Err(e @ StoreError::WrongCode(_))) => {
+            if let StoreError::WrongCode(id) = &e {
+                shared.codes.wrong(id, Instant::now());
+            }
+            ServerMsg::Error {
+                code: ErrorCode::BadCode,
+                message: e.to_string(),
+            }
+        }
         Ok(Err(e)) => ServerMsg::Error {
             code: ErrorCode::Internal,
             message: e.to_string(),
@@ -425,12 +552,13 @@ async fn enroll(shared: &Arc<Shared>, device_id: &str, version: u16, code: &str)
     }
 }
 
-/// Reads one request frame; a stream that ends or breaks first is a truncated frame.
-async fn read_request(
+/// Reads one request frame's body (at most `max_frame_bytes`), undecoded; a stream that ends
+/// or breaks first is a truncated frame.
+async fn read_request_body(
     recv: &mut quinn::RecvStream,
-    limits: &Limits,
-) -> Result<ClientMsg, protocol::ProtocolError> {
-    transport::read_frame(recv, limits)
+    max_frame_bytes: usize,
+) -> Result<Vec<u8>, protocol::ProtocolError> {
+    transport::read_body(recv, max_frame_bytes)
         .await
         .map_err(|e| match e {
             FrameError::Protocol(e) => e,

@@ -2,6 +2,7 @@
 //! child process), and simulated phones that each have their own redb device store.
 //! [`link`] puts a client's QUIC behind an impaired (2G-like) link inside the process.
 
+pub mod attack;
 pub mod link;
 
 use std::collections::BTreeMap;
@@ -38,8 +39,19 @@ impl TestServer {
     }
 
     pub fn start_with(root: &Path, limits: Limits) -> TestServer {
+        Self::start_options(
+            root,
+            fieldsync_server::ServeOptions {
+                limits,
+                ..fieldsync_server::ServeOptions::quic("127.0.0.1:0".parse().expect("addr"))
+            },
+        )
+    }
+
+    /// Starts serving a new data folder under `root` with `options` (QUIC on `options.listen`).
+    pub fn start_options(root: &Path, options: fieldsync_server::ServeOptions) -> TestServer {
         let dir = DataDir::init(&root.join("server")).expect("init data folder");
-        let running = fieldsync_server::start(&dir, "127.0.0.1:0".parse().expect("addr"), limits)
+        let running = fieldsync_server::start_with(dir.store.clone(), &dir.identity, options)
             .expect("start server");
         TestServer {
             dir,

@@ -1131,7 +1131,8 @@ async fn an_unknown_device_is_unauthorized() -> TestResult {
         Err(ClientError::NotEnrolled)
     ));
 
-    // Speaking the protocol directly with an unenrolled key: Sync and Fetch are refused.
+    // Speaking the protocol directly with an unenrolled key: Sync and Fetch are refused, one
+    // request per connection (an unenrolled connection ends after its one request).
     let conn = h.connect(&stranger).await?;
     let mut doc = hand_made(actor_of(&stranger), "check_in", |_| Ok(()))?;
     let sync = sync_msg(vec![push_doc(
@@ -1149,6 +1150,13 @@ async fn an_unknown_device_is_unauthorized() -> TestResult {
         version: PROTOCOL_VERSION,
         want: Vec::new(),
     };
+    let second = within("a second request", conn.exchange(&fetch)).await;
+    assert!(
+        matches!(second, Err(ClientError::Network(_))),
+        "no second request on an unenrolled connection: {second:?}"
+    );
+    conn.close().await;
+    let conn = h.connect(&stranger).await?;
     expect_error(
         within("unknown fetch", conn.exchange(&fetch)).await?,
         ErrorCode::Unauthorized,

@@ -334,41 +334,75 @@ async fn a_pull_larger_than_one_reply_arrives_in_several_replies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guessing_enrollment_codes_is_cut_off() {
+async fn guessing_a_live_code_slows_that_code_down_and_blocks_no_address() {
     use fieldsync_device::client::{self, ClientError};
     use fieldsync_proto::protocol::ErrorCode;
+    use fieldsync_server::enrollment::{self, CodeGuard};
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let limits = fieldsync_proto::protocol::Limits {
-        max_enroll_failures_per_minute: 3,
-        ..Default::default()
+    let cooldown = std::time::Duration::from_secs(2);
+    let options = fieldsync_server::ServeOptions {
+        admission: fieldsync_server::admission::AdmissionLimits {
+            code_cooldown: cooldown,
+            ..Default::default()
+        },
+        ..fieldsync_server::ServeOptions::quic("127.0.0.1:0".parse().unwrap())
     };
-    let mut server = TestServer::start_with(root, limits);
-    let good = server.code("v1", Role::Volunteer, &["team:1"]);
-    let phone = fieldsync_tests::Phone::open(&root.join("guesser"));
+    let server = TestServer::start_options(root, options);
+    let user = |id: &str| fieldsync_server::store::User {
+        id: id.into(),
+        name: id.into(),
+        role: Role::Volunteer,
+        scopes: vec!["team:1".parse().unwrap()],
+    };
+    let good = enrollment::issue(&server.dir.store, &user("v1"), 3600)
+        .unwrap()
+        .code;
+    let other = enrollment::issue(&server.dir.store, &user("v2"), 3600)
+        .unwrap()
+        .code;
     let (addr, fp) = (server.addr().to_string(), server.dir.fingerprint());
-    for guess in ["AAAAAAAAAA", "BBBBBBBBBB", "CCCCCCCCCC"] {
-        match client::enroll(&phone.store, &addr, &fp, guess).await {
-            Err(ClientError::Refused {
-                code: ErrorCode::BadCode,
-                ..
-            }) => {}
-            other => panic!("expected a bad-code refusal, got {other:?}"),
-        }
+    let guesser = fieldsync_tests::Phone::open(&root.join("guesser"));
+    let refused = |result: Result<_, ClientError>| match result {
+        Err(ClientError::Refused { code, message }) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // Guesses that name no live code cannot succeed: refused, never counted.
+    for i in 0..20 {
+        let guess = format!("ZZ{i:02}AAAAAAAA");
+        let (code, _) = refused(client::enroll(&guesser.store, &addr, &fp, &guess).await);
+        assert_eq!(code, ErrorCode::BadCode);
     }
-    // Even the right code is not looked at once the address has failed too often.
-    match client::enroll(&phone.store, &addr, &fp, &good).await {
-        Err(ClientError::Refused {
-            code: ErrorCode::RateLimited,
-            message,
-        }) => {
-            assert!(message.contains("enrollment"), "{message}")
-        }
-        other => panic!("expected a rate-limit refusal, got {other:?}"),
+    // Wrong guesses at the live code's id count against that code.
+    let id = fieldsync_server::store::code_id(&good).to_string();
+    for i in 0..CodeGuard::FREE_TRIES {
+        let guess = format!("{id}{i:08}");
+        let (code, _) = refused(client::enroll(&guesser.store, &addr, &fp, &guess).await);
+        assert_eq!(code, ErrorCode::BadCode);
     }
-    assert!(phone.store.enrollment().unwrap().is_none());
-    assert!(server.dir.store.devices().unwrap().is_empty());
-    server.running.take().unwrap().stop().await;
+    let (code, message) = refused(client::enroll(&guesser.store, &addr, &fp, &good).await);
+    assert_eq!(
+        code,
+        ErrorCode::RateLimited,
+        "the code is slowed down: {message}"
+    );
+    assert!(message.contains("too often"), "{message}");
+    // Nothing is held against the address: another person's code from it works at once, in
+    // lower case and grouped as a person might type it.
+    let neighbour = fieldsync_tests::Phone::open(&root.join("neighbour"));
+    let typed = format!("{}-{}", &other[..6], &other[6..]).to_lowercase();
+    client::enroll(&neighbour.store, &addr, &fp, &typed)
+        .await
+        .expect("another code from the same address");
+    // After the cooldown the right code gets its try.
+    tokio::time::sleep(cooldown).await;
+    let owner = fieldsync_tests::Phone::open(&root.join("owner"));
+    client::enroll(&owner.store, &addr, &fp, &good)
+        .await
+        .expect("the owner enrolls after the cooldown");
+    assert!(guesser.store.enrollment().unwrap().is_none());
+    assert_eq!(server.dir.store.devices().unwrap().len(), 2);
+    server.running.unwrap().stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

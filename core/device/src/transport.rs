@@ -29,11 +29,22 @@ pub async fn read_frame<T: for<'de> Deserialize<'de>>(
     recv: &mut quinn::RecvStream,
     limits: &Limits,
 ) -> Result<T, FrameError> {
+    let body = read_body(recv, limits.max_frame_bytes).await?;
+    Ok(protocol::decode_body(&body, limits)?)
+}
+
+/// Reads one frame's body from `recv`, undecoded; the announced length is checked against
+/// `max_frame_bytes` before anything is allocated. Lets a caller decide where (on which
+/// thread) and how (which encodings it accepts) the body is decoded.
+pub async fn read_body(
+    recv: &mut quinn::RecvStream,
+    max_frame_bytes: usize,
+) -> Result<Vec<u8>, FrameError> {
     let mut prefix = [0u8; LENGTH_PREFIX];
     read_exact(recv, &mut prefix).await?;
-    let mut body = vec![0u8; protocol::frame_len(prefix, limits)?];
+    let mut body = vec![0u8; protocol::body_len(prefix, max_frame_bytes)?];
     read_exact(recv, &mut body).await?;
-    Ok(protocol::decode_body(&body, limits)?)
+    Ok(body)
 }
 
 async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), FrameError> {

@@ -39,6 +39,11 @@ pub mod close {
     pub const UNAUTHORIZED: u32 = 1;
     /// The server is shutting down.
     pub const SHUTDOWN: u32 = 3;
+    /// The server has no connection slot for this device now (too many connections at once,
+    /// from this address, or of unenrolled devices): try again shortly.
+    pub const BUSY: u32 = 5;
+    /// The server could not serve the connection (its storage failed): try again later.
+    pub const SERVER_ERROR: u32 = 6;
 }
 
 /// Bytes of a frame's length prefix.
@@ -67,9 +72,6 @@ pub struct Limits {
     pub max_doc_bytes: usize,
     /// Most sync rounds one device may start per minute.
     pub max_rounds_per_minute: u32,
-    /// Most refused enrollment attempts from one network address per minute, so one-time
-    /// codes cannot be guessed by trying.
-    pub max_enroll_failures_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -82,7 +84,6 @@ impl Default for Limits {
             max_ops_per_change: 10_000,
             max_doc_bytes: 4 << 20,
             max_rounds_per_minute: 120,
-            max_enroll_failures_per_minute: 10,
         }
     }
 }
@@ -351,6 +352,10 @@ pub enum ProtocolError {
     /// The encoding byte is unknown or the deflate stream is corrupt.
     #[error("bad frame encoding: {0}")]
     Encoding(String),
+    /// A compressed frame where only an uncompressed one is accepted (see
+    /// [`decode_plain_body`]); it was not inflated.
+    #[error("a compressed frame is not accepted here")]
+    Compressed,
     /// The body is not a valid message.
     #[error("malformed message: {0}")]
     Decode(#[from] postcard::Error),
@@ -400,11 +405,19 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
 
 /// Reads a frame's announced body length and checks it against the cap.
 pub fn frame_len(prefix: [u8; LENGTH_PREFIX], limits: &Limits) -> Result<usize, ProtocolError> {
+    body_len(prefix, limits.max_frame_bytes)
+}
+
+/// Reads a frame's announced body length and checks it against `max_frame_bytes`.
+pub fn body_len(
+    prefix: [u8; LENGTH_PREFIX],
+    max_frame_bytes: usize,
+) -> Result<usize, ProtocolError> {
     let size = u32::from_be_bytes(prefix) as usize;
-    if size > limits.max_frame_bytes {
+    if size > max_frame_bytes {
         return Err(ProtocolError::FrameTooLarge {
             size,
-            limit: limits.max_frame_bytes,
+            limit: max_frame_bytes,
         });
     }
     if size == 0 {
@@ -448,6 +461,19 @@ pub fn decode_body<T: for<'de> Deserialize<'de>>(
             )?;
             Ok(postcard::from_bytes(&inflated)?)
         }
+        Some((other, _)) => Err(ProtocolError::Encoding(format!(
+            "unknown encoding byte {other}"
+        ))),
+        None => Err(ProtocolError::Encoding("empty frame".into())),
+    }
+}
+
+/// Decodes a frame body that must not be compressed: what an unenrolled device may send, so
+/// that a stranger can never make the server inflate anything.
+pub fn decode_plain_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ProtocolError> {
+    match body.split_first() {
+        Some((&ENCODING_PLAIN, payload)) => Ok(postcard::from_bytes(payload)?),
+        Some((&ENCODING_DEFLATE, _)) => Err(ProtocolError::Compressed),
         Some((other, _)) => Err(ProtocolError::Encoding(format!(
             "unknown encoding byte {other}"
         ))),

@@ -9,7 +9,7 @@ use fieldsync_proto::access::{DeviceCtx, Role};
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::tables::{CODES, DEVICES, PASSWORDS, ReadTyped, USERS, WriteTyped};
+use super::tables::{CODES, DEVICES, Json, PASSWORDS, ReadTyped, USERS, WriteTyped};
 use super::{ServerStore, StoreError};
 
 /// A person: a field worker with devices, or an office or admin account with a password.
@@ -41,10 +41,68 @@ pub(super) struct Code {
     used_by: Option<String>,
 }
 
+/// Leading characters of an enrollment code that name it: no two live codes share them, so a
+/// wrong guess that starts like a live code is counted against that code (see
+/// `enrollment::CodeGuard`), and one that starts like none can never succeed.
+pub const CODE_ID_CHARS: usize = 4;
+
+/// A code as the person typed it, in the form it is stored and looked up: groups may be
+/// separated by spaces or dashes, letters may be lower case.
+pub fn normalize_code(typed: &str) -> String {
+    typed
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .flat_map(char::to_uppercase)
+        .collect()
+}
+
+/// The part of `code` that names it.
+pub fn code_id(code: &str) -> &str {
+    match code.char_indices().nth(CODE_ID_CHARS) {
+        Some((end, _)) => &code[..end],
+        None => code,
+    }
+}
+
+impl Code {
+    fn is_live(&self, now: i64) -> bool {
+        self.used_by.is_none() && self.expires_at > now
+    }
+}
+
 impl ServerStore {
     /// Adds or replaces a user and issues a one-time code that enrolls one device for them.
     pub fn create_code(&self, user: &User, code: &str, expires_at: i64) -> Result<(), StoreError> {
+        self.write_code(user, code, expires_at, None)
+    }
+
+    /// Like [`ServerStore::create_code`], but refuses (with [`StoreError::CodeIdTaken`]) a code
+    /// whose id a live code already has, in the same transaction, so ids stay unique.
+    pub fn create_unique_code(
+        &self,
+        user: &User,
+        code: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.write_code(user, code, expires_at, Some(now))
+    }
+
+    fn write_code(
+        &self,
+        user: &User,
+        code: &str,
+        expires_at: i64,
+        unique_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let normalized = normalize_code(code);
+        let code = normalized.as_str();
         let tx = self.db.begin_write()?;
+        if let Some(now) = unique_at
+            && live_code_with_id(&tx.open_table(CODES)?, code_id(code), now)?
+        {
+            return Err(StoreError::CodeIdTaken);
+        }
         tx.open_table(USERS)?.put_encoded(user.id.as_str(), user)?;
         let entry = Code {
             user_id: user.id.clone(),
@@ -98,12 +156,17 @@ impl ServerStore {
         device_id: &str,
         now: i64,
     ) -> Result<(User, Device), StoreError> {
+        let normalized = normalize_code(code);
+        let code = normalized.as_str();
         let tx = self.db.begin_write()?;
         let result = {
             let mut codes = tx.open_table(CODES)?;
             let mut devices = tx.open_table(DEVICES)?;
             let users = tx.open_table(USERS)?;
             let Some(entry) = codes.get_decoded(code)? else {
+                if live_code_with_id(&codes, code_id(code), now)? {
+                    return Err(StoreError::WrongCode(code_id(code).to_string()));
+                }
                 return Err(StoreError::BadCode("unknown enrollment code".into()));
             };
             // The same device sending the code it enrolled with: its reply was lost. Answer
@@ -206,4 +269,23 @@ impl ServerStore {
     pub fn devices(&self) -> Result<Vec<Device>, StoreError> {
         self.all(DEVICES)
     }
+}
+
+/// Whether a code that is neither used nor expired at `now` starts with `id`.
+fn live_code_with_id(
+    codes: &impl ReadableTable<&'static str, Json<Code>>,
+    id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    for entry in codes.range(id..)? {
+        let (key, value) = entry?;
+        if code_id(key.value()) != id {
+            break;
+        }
+        let code: Code = value.value().decode()?;
+        if code.is_live(now) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use committer::Committer;
-pub use identity::{Device, User};
+pub use identity::{CODE_ID_CHARS, Device, User, code_id, normalize_code};
 pub use records::{Prepared, PreparedRound, Receipt};
 pub use webauth::{ApiToken, WebSession};
 
@@ -54,6 +54,14 @@ pub enum StoreError {
     /// enrolled; the message is meant for the person enrolling.
     #[error("{0}")]
     BadCode(String),
+    /// No code matches, but a live code has the same id (its first
+    /// [`CODE_ID_CHARS`] characters): a mistyped or guessed code, counted against
+    /// that code. Said to the person as an unknown code, like any other wrong one.
+    #[error("unknown enrollment code")]
+    WrongCode(String),
+    /// A new code would share its id with a live code; the caller draws another.
+    #[error("an enrollment code with this id is live already")]
+    CodeIdTaken,
     /// No such user or device (the message names which).
     #[error("{0}")]
     NotFound(String),

@@ -407,8 +407,9 @@ fn connection_error(server: &str, e: quinn::ConnectionError) -> ClientError {
                     code: ErrorCode::Unauthorized,
                     message,
                 },
-                // A server going down or ending an idle session: it will be back.
-                Ok(close::SHUTDOWN | close::DONE) => {
+                // A server going down, ending an idle session, out of slots or in trouble:
+                // it will be back.
+                Ok(close::SHUTDOWN | close::DONE | close::BUSY | close::SERVER_ERROR) => {
                     ClientError::Network(format!("{server} closed the connection: {message}"))
                 }
                 _ => ClientError::Refused {
