@@ -11,6 +11,7 @@ pub mod enrollment;
 pub mod export;
 pub mod http;
 pub mod office;
+pub mod oplog;
 pub mod session;
 pub mod store;
 

@@ -20,6 +20,10 @@ use fieldsync_server::{DataDir, DataError, ServeOptions, auth};
     about = "The fieldsync sync server"
 )]
 struct Cli {
+    /// Write log lines as JSON objects (one per line, every field at the top level), for a log
+    /// collector; operator events carry `target` `fieldsync::oplog` and an `event` field.
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -138,7 +142,13 @@ enum FormatArg {
 }
 
 fn main() -> ExitCode {
-    fieldsync_device::cli::main_with("info", || run(Cli::parse()))
+    let cli = Cli::parse();
+    let format = if cli.log_json {
+        fieldsync_device::cli::LogFormat::Json
+    } else {
+        fieldsync_device::cli::LogFormat::Text
+    };
+    fieldsync_device::cli::main_logging("info", format, || run(cli))
 }
 
 fn run(cli: Cli) -> Result<(), String> {

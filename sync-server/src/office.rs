@@ -89,7 +89,7 @@ pub fn review(
         ),
         ("reviewed_by".to_string(), FieldValue::Text(user.id.clone())),
     ];
-    change(shared, user, id, now, |record| {
+    let reviewed = change(shared, user, id, now, |record| {
         if record.kind() != Kind::CheckIn {
             return Err(OfficeError::Invalid(format!(
                 "only check-ins are reviewed; {id} is a {}",
@@ -97,7 +97,9 @@ pub fn review(
             )));
         }
         Ok(fields)
-    })
+    })?;
+    crate::oplog::office_action(&user.id, "review", &id.to_string(), verdict.as_str());
+    Ok(reviewed)
 }
 
 /// Settles a conflicted field of a record: `value` becomes its only value.
@@ -110,7 +112,7 @@ pub fn resolve(
     now: i64,
 ) -> Result<RecordView, OfficeError> {
     let value = model::from_json(field, value).map_err(|e| OfficeError::Invalid(e.to_string()))?;
-    change(shared, user, id, now, |record| {
+    let resolved = change(shared, user, id, now, |record| {
         let conflicted = record
             .snapshot()
             .map_err(|e| OfficeError::Invalid(e.to_string()))?
@@ -122,7 +124,9 @@ pub fn resolve(
             )));
         }
         Ok(vec![(field.to_string(), value)])
-    })
+    })?;
+    crate::oplog::office_action(&user.id, "resolve", &id.to_string(), field);
+    Ok(resolved)
 }
 
 /// Makes one change to a stored record as `user` and commits it like a phone's push.

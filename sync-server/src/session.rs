@@ -27,10 +27,10 @@ use fieldsync_proto::protocol::{
 use fieldsync_proto::sync::{ServerEffect, ServerExchange, ServerInput, StorageFailure};
 use tokio::sync::{Semaphore, watch};
 
-use crate::Metrics;
 use crate::admission::{Admission, AdmissionLimits, Slot};
 use crate::enrollment::{CodeGuard, normalize_code};
 use crate::store::{Committer, ServerStore, StoreError};
+use crate::{Metrics, oplog};
 
 /// Everything a connection needs, shared by all of them.
 pub struct Shared {
@@ -129,7 +129,7 @@ pub async fn run(
         let slot = match shared.admission.handshake(address) {
             Ok(slot) => slot,
             Err(busy) => {
-                tracing::debug!(%address, reason = %busy, "handshake refused");
+                oplog::connection_busy(address, &busy.to_string());
                 shared.metrics.count(&shared.metrics.connections_busy);
                 incoming.refuse();
                 continue;
@@ -140,7 +140,7 @@ pub async fn run(
             let timeout = shared.admission.limits().handshake_timeout;
             let conn = match tokio::time::timeout(timeout, incoming).await {
                 Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return tracing::debug!(error = %e, "handshake failed"),
+                Ok(Err(e)) => return oplog::handshake_failed(address, &e.to_string()),
                 Err(_) => return tracing::debug!(%address, "handshake timed out"),
             };
             drop(slot);
@@ -209,7 +209,7 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
             );
         }
         Ok(Peer::Revoked) => {
-            tracing::info!(device = %device_id, "revoked device refused");
+            oplog::revoked_device(&device_id, address);
             conn.close(close::UNAUTHORIZED.into(), b"this device has been revoked");
         }
         Ok(Peer::Enrolled(ctx)) => match shared.admission.device(&device_id, conn.clone()) {
@@ -229,7 +229,7 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
 }
 
 fn close_busy(conn: &quinn::Connection, shared: &Shared, busy: crate::admission::Busy) {
-    tracing::debug!(address = %conn.remote_address(), reason = %busy, "no connection slot");
+    oplog::connection_busy(conn.remote_address().ip(), &busy.to_string());
     shared.metrics.count(&shared.metrics.connections_busy);
     conn.close(close::BUSY.into(), busy.to_string().as_bytes());
 }
@@ -241,6 +241,7 @@ async fn serve_device(
     ctx: &DeviceCtx,
     _slot: Slot<quinn::Connection>,
 ) {
+    let address = conn.remote_address().ip();
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -269,16 +270,19 @@ async fn serve_device(
             }
             // An enrolled device may send its code again: its first reply may have been lost.
             Ok(ClientMsg::Enroll { version, code }) => {
-                enroll_guarded(shared, &ctx.device_id, version, &code).await
+                enroll_guarded(shared, &ctx.device_id, address, version, &code).await
             }
             // Every Sync counts, so one long-lived connection cannot get around the limit.
-            Ok(ClientMsg::Sync { .. }) if !shared.admit_round(&ctx.device_id) => ServerMsg::Error {
-                code: ErrorCode::RateLimited,
-                message: format!(
-                    "more than {} sync rounds in a minute; try again shortly",
-                    shared.limits.max_rounds_per_minute
-                ),
-            },
+            Ok(ClientMsg::Sync { .. }) if !shared.admit_round(&ctx.device_id) => {
+                oplog::rounds_rate_limited(&ctx.device_id, &ctx.user_id);
+                ServerMsg::Error {
+                    code: ErrorCode::RateLimited,
+                    message: format!(
+                        "more than {} sync rounds in a minute; try again shortly",
+                        shared.limits.max_rounds_per_minute
+                    ),
+                }
+            }
             Ok(msg) => {
                 let pull_only = matches!(
                     msg,
@@ -291,6 +295,12 @@ async fn serve_device(
                 let reply = serve_exchange(shared, ctx, msg).await;
                 if pull_only && matches!(reply, ServerMsg::SyncReply(_)) {
                     touch(shared, ctx);
+                }
+                if let ServerMsg::SyncReply(protocol::SyncReply {
+                    batch: Some(ack), ..
+                }) = &reply
+                {
+                    oplog::records_refused(&ctx.device_id, &ctx.user_id, &ack.refused);
                 }
                 reply
             }
@@ -319,17 +329,20 @@ async fn serve_stranger(
         };
         let reply = match request {
             Ok(ClientMsg::Enroll { version, code }) => {
-                enroll_guarded(shared, device_id, version, &code).await
+                enroll_guarded(shared, device_id, address, version, &code).await
             }
             // Only a sync can be large or compressed, and only an enrolled device may sync:
             // said without reading or inflating any of it.
             Ok(_)
             | Err(
                 protocol::ProtocolError::Compressed | protocol::ProtocolError::FrameTooLarge { .. },
-            ) => ServerMsg::Error {
-                code: ErrorCode::Unauthorized,
-                message: "this device is not enrolled".into(),
-            },
+            ) => {
+                oplog::unenrolled_request(device_id, address);
+                ServerMsg::Error {
+                    code: ErrorCode::Unauthorized,
+                    message: "this device is not enrolled".into(),
+                }
+            }
             Err(e) => {
                 tracing::info!(device = %device_id, %address, error = %e, "bad request from an unenrolled device");
                 ServerMsg::Error {
@@ -388,11 +401,13 @@ async fn decode_off_workers(
 async fn enroll_guarded(
     shared: &Arc<Shared>,
     device_id: &str,
+    address: IpAddr,
     version: u16,
     typed: &str,
 ) -> ServerMsg {
     let code = normalize_code(typed);
     if let Err(wait) = shared.codes.check(&code, Instant::now()) {
+        oplog::code_rate_limited(device_id, address);
         return ServerMsg::Error {
             code: ErrorCode::RateLimited,
             message: format!(
@@ -401,7 +416,16 @@ async fn enroll_guarded(
             ),
         };
     }
-    enroll(shared, device_id, version, &code).await
+    let reply = enroll(shared, device_id, version, &code).await;
+    match &reply {
+        ServerMsg::Enrolled(e) => oplog::device_enrolled(device_id, &e.user_id, address),
+        ServerMsg::Error {
+            code: ErrorCode::BadCode,
+            message,
+        } => oplog::code_refused(device_id, address, message),
+        _ => {}
+    }
+    reply
 }
 
 /// Answers one request of an enrolled device by driving the proto crate's exchange: merges and

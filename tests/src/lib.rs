@@ -297,13 +297,18 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `serve` on `listen` and waits for its `listening on` line.
     pub fn spawn(data: &Path, listen: &str) -> ServerProcess {
+        Self::spawn_args(data, listen, &[])
+    }
+
+    /// Like [`ServerProcess::spawn`], with more arguments to `serve` (e.g. `--log-json`).
+    pub fn spawn_args(data: &Path, listen: &str, args: &[&str]) -> ServerProcess {
         use std::io::BufRead;
         let mut child = Command::new(binary("fieldsync-server"))
             .args(["serve", "--data"])
             .arg(data)
             .args(["--listen", listen])
+            .args(args)
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

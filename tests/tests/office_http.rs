@@ -1608,7 +1608,7 @@ async fn an_enrollment_code_from_the_dashboard_enrolls_a_phone_that_syncs() -> T
         .next()
         .expect("code text")
         .to_string();
-    assert_eq!(code.len(), 10, "a 10-character code: {code}");
+    assert_eq!(code.len(), 12, "a 12-character code: {code}");
     assert!(html.contains("<svg"), "a QR code");
     assert!(
         html.contains(&server.dir.fingerprint()),
