@@ -24,7 +24,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Caps on the sync server's connections.
 #[derive(Clone, Copy, Debug)]
@@ -33,6 +33,12 @@ pub struct AdmissionLimits {
     pub max_handshakes: usize,
     /// Handshakes in flight from one source address.
     pub max_handshakes_per_address: usize,
+    /// New connections one source address may start per second, on average...
+    pub new_connections_per_address_per_second: u32,
+    /// ...and at once after a quiet spell (a team's phones reconnecting behind one NAT). A
+    /// stranger turned away reconnects at once; without this rate, a few hosts doing so in a
+    /// loop keep the handshake slots and the CPU busy with handshakes.
+    pub new_connection_burst: u32,
     /// Past this many handshakes in flight, a client whose address is not validated yet is
     /// asked to prove it (a QUIC Retry: one more round trip), so spoofed sources cannot fill
     /// the per-address counts.
@@ -66,6 +72,8 @@ impl Default for AdmissionLimits {
         AdmissionLimits {
             max_handshakes: 256,
             max_handshakes_per_address: 64,
+            new_connections_per_address_per_second: 20,
+            new_connection_burst: 64,
             validate_addresses_above: 64,
             handshake_timeout: Duration::from_secs(20),
             max_device_connections: 1024,
@@ -89,6 +97,9 @@ pub enum Busy {
     /// This address has too many handshakes in flight.
     #[error("too many connections are being set up from this address; try again shortly")]
     HandshakesFromAddress,
+    /// This address starts new connections faster than its rate.
+    #[error("too many new connections from this address; try again shortly")]
+    NewConnectionsFromAddress,
     /// Every slot for unenrolled devices is taken.
     #[error("too many unenrolled devices are connected; try again shortly")]
     Strangers,
@@ -110,11 +121,29 @@ pub struct Admission<C> {
 struct State<C> {
     handshakes: usize,
     handshakes_by_address: HashMap<IpAddr, usize>,
+    new_connections: HashMap<IpAddr, Bucket>,
     strangers: usize,
     strangers_by_address: HashMap<IpAddr, usize>,
     device_connections: usize,
     devices: HashMap<String, VecDeque<(u64, C)>>,
     next_id: u64,
+}
+
+/// Addresses whose connection rate is tracked at most; past it, new addresses wait.
+const MAX_TRACKED_ADDRESSES: usize = 65_536;
+
+/// A token bucket: `tokens` at instant `at`.
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn tokens_at(&self, now: Instant, rate: f64, burst: f64) -> f64 {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * rate;
+        (self.tokens + refill).min(burst)
+    }
 }
 
 /// What a slot holds, so that dropping it gives back exactly that.
@@ -138,6 +167,7 @@ impl<C: Clone> Admission<C> {
             state: Mutex::new(State {
                 handshakes: 0,
                 handshakes_by_address: HashMap::new(),
+                new_connections: HashMap::new(),
                 strangers: 0,
                 strangers_by_address: HashMap::new(),
                 device_connections: 0,
@@ -152,19 +182,57 @@ impl<C: Clone> Admission<C> {
         &self.limits
     }
 
-    /// A slot for a handshake from `address`.
-    pub fn handshake(self: &Arc<Self>, address: IpAddr) -> Result<Slot<C>, Busy> {
+    /// A slot for a handshake from `address` at `now`.
+    pub fn handshake(self: &Arc<Self>, address: IpAddr, now: Instant) -> Result<Slot<C>, Busy> {
         let mut state = self.lock();
         if state.handshakes >= self.limits.max_handshakes {
             return Err(Busy::Handshakes);
         }
-        let from_address = state.handshakes_by_address.entry(address).or_default();
-        if *from_address >= self.limits.max_handshakes_per_address {
+        if state
+            .handshakes_by_address
+            .get(&address)
+            .is_some_and(|n| *n >= self.limits.max_handshakes_per_address)
+        {
             return Err(Busy::HandshakesFromAddress);
         }
+        self.take_new_connection(&mut state, address, now)?;
+        let from_address = state.handshakes_by_address.entry(address).or_default();
         *from_address += 1;
         state.handshakes += 1;
         Ok(self.slot(Held::Handshake(address)))
+    }
+
+    /// Takes one of `address`'s new-connection tokens, refilled at the per-address rate.
+    fn take_new_connection(
+        &self,
+        state: &mut State<C>,
+        address: IpAddr,
+        now: Instant,
+    ) -> Result<(), Busy> {
+        let rate = f64::from(self.limits.new_connections_per_address_per_second.max(1));
+        let burst = f64::from(self.limits.new_connection_burst.max(1));
+        if state.new_connections.len() >= MAX_TRACKED_ADDRESSES {
+            // An address whose bucket has refilled is as good as unknown: forget it.
+            state
+                .new_connections
+                .retain(|_, b| b.tokens_at(now, rate, burst) < burst);
+            if state.new_connections.len() >= MAX_TRACKED_ADDRESSES {
+                return Err(Busy::Handshakes);
+            }
+        }
+        let bucket = state.new_connections.entry(address).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let tokens = bucket.tokens_at(now, rate, burst);
+        if tokens < 1.0 {
+            return Err(Busy::NewConnectionsFromAddress);
+        }
+        *bucket = Bucket {
+            tokens: tokens - 1.0,
+            at: now,
+        };
+        Ok(())
     }
 
     /// Whether a client with an unvalidated address should be asked to validate it first.
@@ -306,19 +374,29 @@ mod tests {
     #[test]
     fn one_address_gets_only_its_share_of_handshakes_and_stranger_slots() {
         let admission = Admission::<u32>::new(limits());
-        let a1 = admission.handshake(ip(1)).expect("first");
-        let _a2 = admission.handshake(ip(1)).expect("second");
+        let a1 = admission.handshake(ip(1), Instant::now()).expect("first");
+        let _a2 = admission.handshake(ip(1), Instant::now()).expect("second");
         assert_eq!(
-            admission.handshake(ip(1)).err(),
+            admission.handshake(ip(1), Instant::now()).err(),
             Some(Busy::HandshakesFromAddress)
         );
-        let _b1 = admission.handshake(ip(2)).expect("another address");
+        let _b1 = admission
+            .handshake(ip(2), Instant::now())
+            .expect("another address");
         assert!(!admission.should_validate());
-        let _b2 = admission.handshake(ip(2)).expect("another address");
+        let _b2 = admission
+            .handshake(ip(2), Instant::now())
+            .expect("another address");
         assert!(admission.should_validate());
-        assert_eq!(admission.handshake(ip(3)).err(), Some(Busy::Handshakes));
+        assert_eq!(
+            admission.handshake(ip(3), Instant::now()).err(),
+            Some(Busy::Handshakes)
+        );
         drop(a1);
-        assert!(admission.handshake(ip(3)).is_ok(), "a freed slot is reused");
+        assert!(
+            admission.handshake(ip(3), Instant::now()).is_ok(),
+            "a freed slot is reused"
+        );
 
         let s1 = admission.stranger(ip(1)).expect("stranger");
         let _s2 = admission.stranger(ip(1)).expect("stranger");
@@ -330,6 +408,30 @@ mod tests {
         assert_eq!(admission.stranger(ip(4)).err(), Some(Busy::Strangers));
         drop(s1);
         assert!(admission.stranger(ip(4)).is_ok());
+    }
+
+    #[test]
+    fn an_address_starts_new_connections_at_its_rate_after_a_burst() {
+        let admission = Admission::<u32>::new(AdmissionLimits {
+            new_connections_per_address_per_second: 10,
+            new_connection_burst: 5,
+            ..AdmissionLimits::default()
+        });
+        let start = Instant::now();
+        for _ in 0..5 {
+            drop(admission.handshake(ip(1), start).expect("the burst"));
+        }
+        assert_eq!(
+            admission.handshake(ip(1), start).err(),
+            Some(Busy::NewConnectionsFromAddress)
+        );
+        assert!(admission.handshake(ip(2), start).is_ok(), "another address");
+        let later = start + Duration::from_millis(100);
+        assert!(
+            admission.handshake(ip(1), later).is_ok(),
+            "one token a tenth of a second"
+        );
+        assert!(admission.handshake(ip(1), later).is_err());
     }
 
     #[test]
@@ -376,7 +478,9 @@ mod tests {
     fn dropped_slots_leave_no_counts_or_addresses_behind() {
         let admission = Admission::<u32>::new(limits());
         for round in 0..10u8 {
-            let _h = admission.handshake(ip(round)).expect("handshake");
+            let _h = admission
+                .handshake(ip(round), Instant::now())
+                .expect("handshake");
             let _s = admission.stranger(ip(round)).expect("stranger");
             let _d = admission
                 .device(&format!("phone-{round}"), u32::from(round))
@@ -399,7 +503,7 @@ mod tests {
         })
         .join();
         assert!(admission.state.is_poisoned());
-        assert!(admission.handshake(ip(1)).is_ok());
+        assert!(admission.handshake(ip(1), Instant::now()).is_ok());
         assert!(admission.device("phone", 1).is_ok());
     }
 }

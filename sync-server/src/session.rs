@@ -126,7 +126,7 @@ pub async fn run(
             let _ = incoming.retry();
             continue;
         }
-        let slot = match shared.admission.handshake(address) {
+        let slot = match shared.admission.handshake(address, Instant::now()) {
             Ok(slot) => slot,
             Err(busy) => {
                 oplog::connection_busy(address, &busy.to_string());
