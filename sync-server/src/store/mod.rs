@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use committer::Committer;
-pub use identity::{Device, User};
+pub use identity::{Device, StaffWrite, User};
 pub use records::{Prepared, PreparedRound, Receipt};
 pub use webauth::{ApiToken, WebSession};
 
