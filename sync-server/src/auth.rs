@@ -5,9 +5,10 @@
 //! which every form posts back.
 
 use fieldsync_proto::access::Role;
+use fieldsync_proto::scope;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::store::{ApiToken, ServerStore, StoreError, User, WebSession};
+use crate::store::{ApiToken, ServerStore, StaffWrite, StoreError, User, WebSession};
 
 /// How long a dashboard login lasts.
 pub const SESSION_SECONDS: i64 = 12 * 3600;
@@ -27,11 +28,68 @@ pub enum AuthError {
     /// The password is too short.
     #[error("the password must have at least {MIN_PASSWORD_CHARS} characters")]
     WeakPassword,
+    /// The user exists with another role or other scopes, and replacing was not asked for;
+    /// nothing was changed.
+    #[error("{0}")]
+    Exists(Box<ExistingUser>),
     /// Hashing failed, or the system has no randomness.
     #[error("password hashing: {0}")]
     Crypto(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A user that [`add_staff`] would have replaced, with what depends on them.
+#[derive(Debug)]
+pub struct ExistingUser {
+    pub user: User,
+    /// The user's enrolled, unrevoked devices, which act with the user's role and scopes.
+    pub devices: Vec<String>,
+    /// The role the new account would have had.
+    pub wanted: Role,
+}
+
+impl std::fmt::Display for ExistingUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let u = &self.user;
+        write!(f, "user {} already exists as {} {}", u.id, u.role, u.name)?;
+        if !u.scopes.is_empty() {
+            write!(f, " (scopes {})", scope::join(&u.scopes, ", "))?;
+        }
+        match self.devices.len() {
+            0 => write!(f, " with no enrolled devices")?,
+            n => {
+                let short: Vec<&str> = self
+                    .devices
+                    .iter()
+                    .map(|d| d.get(..16).unwrap_or(d))
+                    .collect();
+                write!(
+                    f,
+                    " with {n} enrolled device{} ({}…), which would act as {} devices",
+                    if n == 1 { "" } else { "s" },
+                    short.join("…, "),
+                    self.wanted
+                )?;
+            }
+        }
+        write!(
+            f,
+            "; replace it explicitly (`user add --replace`, or “replace” on the users page) \
+             or choose another user id"
+        )
+    }
+}
+
+/// What [`add_staff`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StaffAdded {
+    /// A new account.
+    New,
+    /// The account existed with the same role and scopes: its name and password are new.
+    Updated,
+    /// The user existed as this other user and was replaced, as asked.
+    Replaced(User),
 }
 
 /// A PHC string (argon2id, the crate's default parameters) for `password`.
@@ -56,18 +114,44 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
     })
 }
 
-/// Adds (or replaces) an office or admin user with a password.
-pub fn add_staff(store: &ServerStore, user: &User, password: &str) -> Result<(), AuthError> {
+/// Adds an office or admin user with a password, or gives an existing one with the same role
+/// and scopes a new name and password; refuses to change an existing user's role or scopes.
+pub fn add_staff(
+    store: &ServerStore,
+    user: &User,
+    password: &str,
+) -> Result<StaffAdded, AuthError> {
+    add_or_replace_staff(store, user, password, false)
+}
+
+/// Like [`add_staff`], and with `replace` also replaces a user of another role or other scopes
+/// (their devices then act with the new role). User and password are one transaction.
+pub fn add_or_replace_staff(
+    store: &ServerStore,
+    user: &User,
+    password: &str,
+    replace: bool,
+) -> Result<StaffAdded, AuthError> {
     if !matches!(user.role, Role::Office | Role::Admin) {
         return Err(AuthError::NotStaff(user.id.clone(), user.role));
     }
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(AuthError::WeakPassword);
     }
+    // Hashed before the write transaction, which must not wait on argon2.
     let phc = hash_password(password)?;
-    store.put_user(user)?;
-    store.set_password(&user.id, &phc)?;
-    Ok(())
+    match store.put_staff(user, &phc, replace)? {
+        StaffWrite::Added => Ok(StaffAdded::New),
+        StaffWrite::Updated => Ok(StaffAdded::Updated),
+        StaffWrite::Replaced(old) => Ok(StaffAdded::Replaced(old)),
+        StaffWrite::Refused { existing, devices } => {
+            Err(AuthError::Exists(Box::new(ExistingUser {
+                user: existing,
+                devices,
+                wanted: user.role,
+            })))
+        }
+    }
 }
 
 /// Checks a password and opens a session; returns the cookie secret and the session.
@@ -77,6 +161,17 @@ pub fn login(
     password: &str,
     now: i64,
 ) -> Result<(String, User, WebSession), AuthError> {
+    let user = check_password(store, user_id, password)?;
+    let (secret, session) = open_session(store, &user, now)?;
+    Ok((secret, user, session))
+}
+
+/// The staff user `user_id` if `password` is theirs; the argon2 work of a login.
+pub fn check_password(
+    store: &ServerStore,
+    user_id: &str,
+    password: &str,
+) -> Result<User, AuthError> {
     let phc = store.password_hash(user_id)?;
     let user = store.user(user_id)?;
     let (Some(phc), Some(user)) = (phc, user) else {
@@ -87,6 +182,15 @@ pub fn login(
     if !verify_password(&phc, password) || !matches!(user.role, Role::Office | Role::Admin) {
         return Err(AuthError::BadCredentials);
     }
+    Ok(user)
+}
+
+/// Opens a login session for `user`; returns the cookie secret and the session.
+pub fn open_session(
+    store: &ServerStore,
+    user: &User,
+    now: i64,
+) -> Result<(String, WebSession), AuthError> {
     let secret = new_secret()?;
     let session = WebSession {
         user_id: user.id.clone(),
@@ -96,7 +200,7 @@ pub fn login(
     store.put_session(&secret_hash(&secret), &session)?;
     // Sessions nobody logged out of would otherwise pile up; logins are rare enough to sweep.
     store.prune_sessions(now)?;
-    Ok((secret, user, session))
+    Ok((secret, session))
 }
 
 /// The user and session behind a cookie secret, if it is live.
@@ -219,6 +323,72 @@ mod tests {
         let (stale, _, first) = login(&store, "li", "correct horse", 200).expect("login");
         login(&store, "li", "correct horse", first.expires_at).expect("login");
         assert!(store.session(&secret_hash(&stale)).expect("read").is_none());
+    }
+
+    #[test]
+    fn a_role_or_scope_change_needs_replace_and_user_and_password_change_together() {
+        let (_dir, store) = store();
+        let volunteer = User {
+            id: "zhang3".into(),
+            name: "张三".into(),
+            role: Role::Volunteer,
+            scopes: vec!["team:7".parse().expect("scope")],
+        };
+        store
+            .create_code(&volunteer, "CODE1", i64::MAX)
+            .expect("code");
+        store
+            .enroll("CODE1", "ab12cd34ef56ab12cd34", 0)
+            .expect("enroll");
+        let office = staff("zhang3", Role::Office);
+        let refused = add_staff(&store, &office, "long enough").expect_err("refused");
+        let message = refused.to_string();
+        assert!(matches!(refused, AuthError::Exists(_)), "{refused:?}");
+        for part in [
+            "zhang3",
+            "volunteer",
+            "team:7",
+            "ab12cd34ef56ab12",
+            "office",
+            "replace",
+        ] {
+            assert!(message.contains(part), "`{part}` missing from: {message}");
+        }
+        // Nothing was written: the user is still the volunteer, with no password.
+        assert_eq!(store.user("zhang3").expect("read"), Some(volunteer.clone()));
+        assert_eq!(store.password_hash("zhang3").expect("read"), None);
+        let ctx = store
+            .device_ctx("ab12cd34ef56ab12cd34")
+            .expect("read")
+            .expect("device");
+        assert_eq!(ctx.role, Role::Volunteer);
+
+        // Asked explicitly, the user is replaced with a password in the same write.
+        let replaced = add_or_replace_staff(&store, &office, "long enough", true).expect("replace");
+        assert_eq!(replaced, StaffAdded::Replaced(volunteer));
+        assert_eq!(store.user("zhang3").expect("read"), Some(office.clone()));
+        assert!(check_password(&store, "zhang3", "long enough").is_ok());
+
+        // The same role and scopes again is a password change, no replace needed.
+        let renamed = User {
+            name: "张三丰".into(),
+            ..office.clone()
+        };
+        assert_eq!(
+            add_staff(&store, &renamed, "another password").expect("update"),
+            StaffAdded::Updated
+        );
+        assert!(check_password(&store, "zhang3", "another password").is_ok());
+        // Other scopes are a change too.
+        let narrowed = User {
+            scopes: vec!["team:1".parse().expect("scope")],
+            ..office
+        };
+        assert!(matches!(
+            add_staff(&store, &narrowed, "another password"),
+            Err(AuthError::Exists(_))
+        ));
+        assert_eq!(store.user("zhang3").expect("read"), Some(renamed));
     }
 
     #[test]

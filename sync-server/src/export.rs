@@ -42,16 +42,22 @@ pub fn export(
     match format {
         Format::Json => {
             out.write_all(b"[")?;
-            store.for_each_record(kind, scope, |view| {
+            // A failed write (the client of a download went away) ends the scan at once.
+            let mut failure = None;
+            let scanned = store.for_each_record(kind, scope, |view| {
                 let sep: &[u8] = if count == 0 { b"\n" } else { b",\n" };
                 let json =
                     serde_json::to_vec(&view).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 out.write_all(sep)
                     .and_then(|()| out.write_all(&json))
-                    .map_err(|e| StoreError::Corrupt(format!("write: {e}")))?;
+                    .map_err(|e| stop_on(&mut failure, e))?;
                 count += 1;
                 Ok(())
-            })?;
+            });
+            if let Some(e) = failure {
+                return Err(ExportError::Io(e));
+            }
+            scanned?;
             out.write_all(b"\n]\n")?;
         }
         Format::Csv => {
@@ -63,20 +69,28 @@ pub fn export(
             header.push("conflicts".to_string());
             writer.write_record(&header)?;
             let mut failure = None;
-            store.for_each_record(kind, scope, |view| {
-                if let Err(e) = writer.write_record(row(&view, &columns)) {
-                    failure = Some(e);
-                }
+            let scanned = store.for_each_record(kind, scope, |view| {
+                writer
+                    .write_record(row(&view, &columns))
+                    .map_err(|e| stop_on(&mut failure, e))?;
                 count += 1;
                 Ok(())
-            })?;
+            });
             if let Some(e) = failure {
-                return Err(e.into());
+                return Err(ExportError::Csv(e));
             }
+            scanned?;
             writer.flush()?;
         }
     }
     Ok(count)
+}
+
+/// Keeps a write failure to report and returns the error that ends the store's scan (never
+/// reported itself: the kept failure is).
+fn stop_on<E>(failure: &mut Option<E>, e: E) -> StoreError {
+    *failure = Some(e);
+    StoreError::Corrupt("the export stopped writing".into())
 }
 
 /// One column per field: the kind's schema fields in schema order, or the union of all kinds'.

@@ -9,11 +9,16 @@
 
 pub mod conn;
 mod download;
+pub mod flash;
 pub mod pages;
+mod serve;
+pub mod throttle;
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -54,26 +59,48 @@ pub struct HttpState {
     pub secure_cookies: bool,
 }
 
-type AppState = Arc<HttpState>;
+/// What the handlers share: the server's [`HttpState`] and the dashboard's own guards.
+pub struct App {
+    pub http: Arc<HttpState>,
+    /// Login attempt counts and the password hashers.
+    pub logins: throttle::LoginGuard,
+    /// Enrollment codes issued by a form, waiting for the page it redirects to.
+    pub(crate) issued: flash::Flash<pages::IssuedCode>,
+}
+
+/// How long an issued enrollment code waits for the page that shows it.
+const ISSUED_FLASH: Duration = Duration::from_secs(10 * 60);
+
+impl App {
+    pub fn new(http: Arc<HttpState>, limits: &conn::HttpLimits) -> App {
+        App {
+            http,
+            logins: throttle::LoginGuard::new(limits.login),
+            issued: flash::Flash::new(ISSUED_FLASH, 1024),
+        }
+    }
+}
+
+impl Deref for App {
+    type Target = HttpState;
+
+    fn deref(&self) -> &HttpState {
+        &self.http
+    }
+}
+
+type AppState = Arc<App>;
 
 /// Serves the dashboard and the API on `listener` until `shutdown` turns true.
 pub async fn run(
     listener: tokio::net::TcpListener,
     limits: conn::HttpLimits,
-    state: AppState,
-    mut shutdown: watch::Receiver<bool>,
+    state: Arc<HttpState>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let app = router(state);
-    let stop = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    };
-    let listener = conn::CappedListener::new(listener, limits);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "the HTTP server stopped");
-    }
+    let app = router(Arc::new(App::new(state, &limits)));
+    let listener = conn::CappedListener::new(listener, &limits);
+    serve::serve(listener, app, limits, shutdown).await;
 }
 
 /// Every route of the dashboard, the API, the export and the metrics.
@@ -144,6 +171,7 @@ impl From<AuthError> for ApiError {
             AuthError::NotStaff(..) | AuthError::WeakPassword => {
                 ApiError::bad_request(e.to_string())
             }
+            AuthError::Exists(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             AuthError::Crypto(_) | AuthError::Store(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
             }
@@ -234,14 +262,24 @@ impl Staff {
 }
 
 /// Finds the caller from a bearer token or the session cookie; None if neither is valid, or if
-/// the user behind it is no longer office or admin staff.
-pub fn identify(state: &HttpState, headers: &HeaderMap) -> Result<Option<Staff>, ApiError> {
-    Ok(credential_owner(state, headers)?
-        .filter(|staff| matches!(staff.user.role, Role::Office | Role::Admin)))
+/// the user behind it is no longer office or admin staff. The lookup (which may also delete an
+/// ended session) runs on a blocking thread.
+pub async fn identify(state: &HttpState, headers: &HeaderMap) -> Result<Option<Staff>, ApiError> {
+    let Some(presented) = presented(headers)? else {
+        return Ok(None);
+    };
+    let store = state.shared.store.clone();
+    let owner = blocking(move || credential_owner(&store, presented)).await?;
+    Ok(owner.filter(|staff| matches!(staff.user.role, Role::Office | Role::Admin)))
 }
 
-fn credential_owner(state: &HttpState, headers: &HeaderMap) -> Result<Option<Staff>, ApiError> {
-    let store = &state.shared.store;
+/// A credential as the request carries it, not yet checked.
+enum Presented {
+    Token(String),
+    Cookie(String),
+}
+
+fn presented(headers: &HeaderMap) -> Result<Option<Presented>, ApiError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let token = value
             .to_str()
@@ -249,29 +287,42 @@ fn credential_owner(state: &HttpState, headers: &HeaderMap) -> Result<Option<Sta
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(ApiError::unauthenticated)?;
-        return Ok(auth::token_user(store, token)?.map(|user| Staff {
-            user,
-            credential: Credential::Token,
-        }));
+        return Ok(Some(Presented::Token(token.to_string())));
     }
     let jar = CookieJar::from_headers(headers);
-    let Some(secret) = jar.get(SESSION_COOKIE).map(|c| c.value().to_string()) else {
-        return Ok(None);
-    };
-    let now = chrono::Utc::now().timestamp();
-    Ok(
-        auth::session_user(store, &secret, now)?.map(|(user, session)| Staff {
+    Ok(jar
+        .get(SESSION_COOKIE)
+        .map(|c| Presented::Cookie(c.value().to_string())))
+}
+
+fn credential_owner(
+    store: &crate::store::ServerStore,
+    presented: Presented,
+) -> Result<Option<Staff>, ApiError> {
+    match presented {
+        Presented::Token(token) => Ok(auth::token_user(store, &token)?.map(|user| Staff {
             user,
-            credential: Credential::Session { session, secret },
-        }),
-    )
+            credential: Credential::Token,
+        })),
+        Presented::Cookie(secret) => {
+            let now = chrono::Utc::now().timestamp();
+            Ok(
+                auth::session_user(store, &secret, now)?.map(|(user, session)| Staff {
+                    user,
+                    credential: Credential::Session { session, secret },
+                }),
+            )
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Staff {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Staff, ApiError> {
-        identify(state, &parts.headers)?.ok_or_else(ApiError::unauthenticated)
+        identify(state, &parts.headers)
+            .await?
+            .ok_or_else(ApiError::unauthenticated)
     }
 }
 
@@ -515,7 +566,8 @@ async fn api_devices(
     staff: Staff,
 ) -> Result<axum::Json<Vec<crate::store::Device>>, ApiError> {
     staff.require(Role::Admin)?;
-    Ok(axum::Json(state.shared.store.devices()?))
+    let store = state.shared.store.clone();
+    Ok(axum::Json(blocking(move || Ok(store.devices()?)).await?))
 }
 
 async fn api_revoke(
@@ -525,20 +577,22 @@ async fn api_revoke(
     Path(id): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     staff.admin_change(csrf_header(&headers))?;
-    revoke_device(&state, &id)?;
+    revoke_device(&state, &id).await?;
     Ok(axum::Json(serde_json::json!({ "revoked": id })))
 }
 
-/// Revokes a device, answering 404 for an unknown one.
-pub fn revoke_device(state: &HttpState, device_id: &str) -> Result<(), ApiError> {
-    match state.shared.store.revoke(device_id) {
-        Ok(()) => {
-            tracing::info!(device = %device_id, "device revoked from the dashboard");
-            Ok(())
-        }
+/// Revokes a device (a durable write, on a blocking thread), answering 404 for an unknown one.
+pub async fn revoke_device(state: &HttpState, device_id: &str) -> Result<(), ApiError> {
+    let store = state.shared.store.clone();
+    let id = device_id.to_string();
+    blocking(move || match store.revoke(&id) {
+        Ok(()) => Ok(()),
         Err(StoreError::NotFound(m)) => Err(ApiError::new(StatusCode::NOT_FOUND, m)),
         Err(e) => Err(e.into()),
-    }
+    })
+    .await?;
+    tracing::info!(device = %device_id, "device revoked from the dashboard");
+    Ok(())
 }
 
 /// Prometheus text format; counters since the server started. Carries no record data, so it

@@ -105,7 +105,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum UserCommand {
-    /// Add (or replace) an office or admin user with a password.
+    /// Add an office or admin user with a password (again: a new name and password).
+    ///
+    /// An existing user of another role or with other scopes is refused unless `--replace`
+    /// is given: their enrolled phones would act with the new role.
     Add {
         #[arg(long)]
         data: PathBuf,
@@ -118,6 +121,10 @@ enum UserCommand {
         /// Read the password from the first line of standard input (keeps it out of `ps`).
         #[arg(long, required = true)]
         password_stdin: bool,
+        /// Replace an existing user of another role or with other scopes (their devices then
+        /// act with this role).
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -179,6 +186,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     name,
                     role,
                     password_stdin: _,
+                    replace,
                 },
         } => {
             let mut password = String::new();
@@ -197,8 +205,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 role,
                 scopes: Vec::new(),
             };
-            auth::add_staff(&dir.store, &user, password).map_err(|e| e.to_string())?;
+            let added = auth::add_or_replace_staff(&dir.store, &user, password, replace)
+                .map_err(|e| e.to_string())?;
             println!("user: {} ({})", user.id, user.role);
+            match added {
+                auth::StaffAdded::New => {}
+                auth::StaffAdded::Updated => println!("updated: new name and password"),
+                auth::StaffAdded::Replaced(old) => {
+                    println!("replaced: {} was {}", old.id, old.role);
+                }
+            }
             Ok(())
         }
         Command::Token { data, user } => {
@@ -363,18 +379,59 @@ async fn wait_for_signal() {
     }
 }
 
-/// Parses `30s`, `30m`, `24h` or `7d` into seconds.
+/// Parses `30s`, `30m`, `24h` or `7d` into seconds: a whole number above 0 and one unit.
 fn parse_duration(s: &str) -> Result<i64, String> {
-    let (num, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("bad duration `{s}` (use e.g. 30m, 24h, 7d)"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("bad duration `{s}` (use e.g. 30m, 24h, 7d)")),
+    let bad = || format!("bad duration `{s}` (use e.g. 30m, 24h, 7d)");
+    // The unit is the last character, which need not be ASCII (`24时`): split on its boundary.
+    let Some((at, unit)) = s.char_indices().next_back() else {
+        return Err(bad());
     };
-    Ok(n * mult)
+    let num = &s[..at];
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let mult: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        _ => return Err(bad()),
+    };
+    let too_long = || format!("duration `{s}` is too long");
+    let n: i64 = num.parse().map_err(|_| too_long())?;
+    match n.checked_mul(mult) {
+        Some(0) => Err(format!("duration `{s}` must be longer than 0")),
+        Some(secs) => Ok(secs),
+        None => Err(too_long()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse_and_bad_ones_are_clear_errors_not_panics() {
+        assert_eq!(parse_duration("30s"), Ok(30));
+        assert_eq!(parse_duration("30m"), Ok(1800));
+        assert_eq!(parse_duration("24h"), Ok(86400));
+        assert_eq!(parse_duration("7d"), Ok(7 * 86400));
+        for bad in [
+            "24时", "时", "", "h", "0", "-5h", "+5h", " 5h", "5 h", "5", "5x", "五h",
+        ] {
+            let err = parse_duration(bad).expect_err(bad);
+            assert!(err.contains("duration"), "{bad}: {err}");
+        }
+        assert!(parse_duration("0h").is_err_and(|e| e.contains("longer than 0")));
+        // Past i64 once multiplied, or past i64 at all: refused, never overflowed.
+        for huge in [
+            "9223372036854775807d",
+            "9223372036854775808s",
+            "99999999999999999999999h",
+        ] {
+            let err = parse_duration(huge).expect_err(huge);
+            assert!(err.contains("too long"), "{huge}: {err}");
+        }
+        assert_eq!(parse_duration("9223372036854775807s"), Ok(i64::MAX));
+    }
 }

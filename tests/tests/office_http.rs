@@ -16,20 +16,39 @@
 //! - a device revoked from the API is refused at its next connection and keeps its records;
 //! - `/metrics` is Prometheus text whose counters move with a sync;
 //! - an enrollment code issued from the dashboard enrolls a phone that then syncs; only admin
-//!   may issue one.
+//!   may issue one; the form redirects and the code is shown once, to its session;
+//! - trickling clients (more than one address's share and than all slots) are closed by the
+//!   request deadlines while a real request still gets through; a keep-alive connection idles
+//!   no longer than the header deadline;
+//! - password guessing is limited per account and address with a growing wait, the right
+//!   password is refused while limited and accepted after, other accounts and addresses are
+//!   not held up;
+//! - the users page refuses to turn an existing volunteer into an office account unless asked;
+//! - the language switch goes back only to a same-site path;
+//! - a handler's durable write waiting on the disk never stops the server answering others.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use fieldsync_device::client::{self, ClientError};
+use fieldsync_device::tls::KeyAndCert;
 use fieldsync_proto::Role;
 use fieldsync_proto::model::{FieldValue, Kind};
 use fieldsync_proto::protocol::ErrorCode;
 use fieldsync_proto::sync::RoundReport;
+use fieldsync_server::http::conn::HttpLimits;
+use fieldsync_server::http::throttle::LoginLimits;
+use fieldsync_server::store::User;
+use fieldsync_server::{Running, ServeOptions, ServerStore};
 use fieldsync_tests::{PASSWORD, Phone, TestResult, TestServer, check_in_fields, text};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An HTTP client that never follows redirects, so each answer is seen as it is.
 struct Http {
@@ -91,14 +110,18 @@ impl Reply {
 
 impl Http {
     fn new(server: &TestServer) -> Http {
+        Http::at(server.http_url(), None)
+    }
+
+    /// A client of the dashboard at `base`, connecting from loopback address `from` if given
+    /// (all of 127/8 is loopback, so tests can be several addresses).
+    fn at(base: String, from: Option<IpAddr>) -> Http {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .local_address(from)
             .build()
             .expect("HTTP client");
-        Http {
-            client,
-            base: server.http_url(),
-        }
+        Http { client, base }
     }
 
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
@@ -1598,9 +1621,12 @@ async fn an_enrollment_code_from_the_dashboard_enrolls_a_phone_that_syncs() -> T
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert!(server.dir.store.user("v9")?.is_none(), "no user made");
 
+    // The form answers with a redirect (post/redirect/get), so reloading the page it lands on
+    // never posts the form again; that page shows the code once.
     let reply = send(post(&admin, form(&csrf, "v9"))).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let html = reply.text();
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
+    assert_eq!(reply.location(), Some("/devices"));
+    let html = http.page("/devices", &admin).await;
     let marker = r#"<code id="code">"#;
     let start = html.find(marker).expect("the code on the page") + marker.len();
     let code = html[start..]
@@ -1617,6 +1643,34 @@ async fn an_enrollment_code_from_the_dashboard_enrolls_a_phone_that_syncs() -> T
     assert!(
         html.contains(&server.addr().to_string()),
         "the sync address is shown"
+    );
+    let reloaded = http.page("/devices", &admin).await;
+    assert!(
+        !reloaded.contains(r#"id="enrollment""#),
+        "a reload shows the code no more"
+    );
+    let other_admin = http.log_in("admin").await;
+    let fresh = send(post(
+        &other_admin,
+        form(
+            &hidden_csrf(&http.page("/devices", &other_admin).await).expect("csrf"),
+            "v9b",
+        ),
+    ))
+    .await;
+    assert_eq!(fresh.status, StatusCode::SEE_OTHER);
+    assert!(
+        !http
+            .page("/devices", &admin)
+            .await
+            .contains(r#"id="enrollment""#),
+        "another session's code is not shown to this one"
+    );
+    assert!(
+        http.page("/devices", &other_admin)
+            .await
+            .contains(r#"id="enrollment""#),
+        "but to the session that issued it"
     );
 
     let phone = Phone::open(&root.join("phone-v9"));
@@ -1743,4 +1797,526 @@ async fn repeated_and_concurrent_reviews_of_one_record_by_one_user_all_land() ->
     assert_eq!(&v1.records()[&id], stored);
     server.running.take().expect("running").stop().await;
     Ok(())
+}
+
+/// Office user `office` and admin user `admin`, both with password [`PASSWORD`].
+fn add_staff_accounts(store: &ServerStore) {
+    for (id, name, role) in [
+        ("office", "办公室小李", Role::Office),
+        ("admin", "管理员", Role::Admin),
+    ] {
+        let user = User {
+            id: id.into(),
+            name: name.into(),
+            role,
+            scopes: Vec::new(),
+        };
+        fieldsync_server::auth::add_staff(store, &user, PASSWORD).expect("staff user");
+    }
+}
+
+/// Serves `store` with the dashboard on 127.0.0.1:0 under `limits`, with the staff accounts of
+/// [`add_staff_accounts`].
+fn start_dashboard(store: ServerStore, identity: &KeyAndCert, limits: HttpLimits) -> Running {
+    add_staff_accounts(&store);
+    let options = ServeOptions {
+        http: Some("127.0.0.1:0".parse().expect("addr")),
+        http_limits: limits,
+        ..ServeOptions::quic("127.0.0.1:0".parse().expect("addr"))
+    };
+    fieldsync_server::start_with(store, identity, options).expect("start server")
+}
+
+/// A new data folder under `root`, served by [`start_dashboard`].
+fn dashboard_in(root: &Path, limits: HttpLimits) -> (fieldsync_server::DataDir, Running) {
+    let dir = fieldsync_server::DataDir::init(&root.join("server")).expect("init data folder");
+    let running = start_dashboard(dir.store.clone(), &dir.identity, limits);
+    (dir, running)
+}
+
+fn loopback(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, n])
+}
+
+/// A TCP connection to `to` from loopback address `from`.
+async fn connect_from(from: IpAddr, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(from, 0))
+        .expect("bind the source address");
+    socket.connect(to).await.expect("connect")
+}
+
+/// Sends `head` and then one more byte every 200 ms, never finishing the request; returns how
+/// long after connecting the server closed the connection, or None if it was still open after
+/// 30 s.
+async fn trickle(from: IpAddr, to: SocketAddr, head: &'static [u8]) -> Option<Duration> {
+    let started = Instant::now();
+    let mut stream = connect_from(from, to).await;
+    let mut bytes = head.iter().copied().chain(std::iter::repeat(b'a'));
+    let mut buf = [0u8; 1024];
+    while started.elapsed() < Duration::from_secs(30) {
+        let byte = bytes.next().unwrap_or(b'a');
+        if stream.write_all(&[byte]).await.is_err() {
+            return Some(started.elapsed());
+        }
+        // Closed or reset ends it; an answer (503 over the share, 408 past the deadline) is
+        // followed by the close.
+        let read = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await;
+        if let Ok(Ok(0) | Err(_)) = read {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
+/// A request head that never ends: one header whose value trickles on.
+const ENDLESS_HEAD: &[u8] = b"GET /login HTTP/1.1\r\nHost: dashboard\r\nX-Trickle: ";
+/// A whole head announcing a body that then trickles.
+const SLOW_BODY: &[u8] = b"POST /login HTTP/1.1\r\nHost: dashboard\r\n\
+    Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nuser=";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_clients_are_closed_by_the_deadlines_while_a_real_request_gets_through()
+-> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let limits = HttpLimits {
+        max_connections: 8,
+        per_address: 4,
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(1),
+        ..HttpLimits::default()
+    };
+    let (_dir, running) = dashboard_in(tmp.path(), limits);
+    let addr = running.http_addr.ok_or("no dashboard")?;
+
+    // 12 from one address (three times its share) and 4 from each of two more: 20 tricklers
+    // for 8 slots, most of them trickling a head, some a body.
+    let mut tricklers = Vec::new();
+    for (n, count) in [(2, 12), (3, 4), (4, 4)] {
+        for i in 0..count {
+            let head = if i % 3 == 0 { SLOW_BODY } else { ENDLESS_HEAD };
+            tricklers.push(tokio::spawn(trickle(loopback(n), addr, head)));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A real request on a fresh connection gets through within a few header deadlines.
+    let started = Instant::now();
+    let http = Http::at(format!("http://{addr}"), Some(loopback(1)));
+    let page = tokio::time::timeout(Duration::from_secs(6), send(http.get("/login"))).await;
+    let took = started.elapsed();
+    let page = page.map_err(|_| "no answer in 6 s while tricklers held the dashboard")?;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+    println!("a real request took {took:?} among 20 tricklers");
+
+    // Every trickler was closed, none later than its wait for a slot plus a deadline.
+    for (i, trickler) in tricklers.into_iter().enumerate() {
+        let closed = trickler.await?;
+        let closed = closed.ok_or_else(|| format!("trickler {i} still open after 30 s"))?;
+        assert!(
+            closed < Duration::from_secs(6),
+            "trickler {i} held its connection for {closed:?}"
+        );
+    }
+
+    // A keep-alive connection waiting for its next request is closed after the head deadline.
+    let mut idle = connect_from(loopback(1), addr).await;
+    idle.write_all(b"GET /login HTTP/1.1\r\nHost: dashboard\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let served = Instant::now();
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(6), idle.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break served.elapsed(),
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => return Err("an idle keep-alive connection stayed open".into()),
+        }
+    };
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "the request on it was served"
+    );
+    assert!(
+        closed < Duration::from_secs(4),
+        "idle for {closed:?} before it was closed"
+    );
+    running.stop().await;
+    Ok(())
+}
+
+/// One login through the form from `http`'s address.
+async fn try_login(http: &Http, user: &str, password: &str) -> Reply {
+    let page = send(http.get("/login")).await;
+    let csrf = page.cookie("fs_login_csrf").expect("login CSRF cookie");
+    send(
+        http.post("/login")
+            .header(COOKIE, format!("fs_login_csrf={csrf}"))
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("user", user),
+                ("password", password),
+            ]),
+    )
+    .await
+}
+
+fn logged_in(reply: &Reply) -> bool {
+    reply.status == StatusCode::SEE_OTHER && reply.location() == Some("/records")
+}
+
+fn wrong_password(reply: &Reply) -> bool {
+    reply.status == StatusCode::SEE_OTHER && reply.location() == Some("/login?error=1")
+}
+
+/// The `Retry-After` seconds of a 429.
+fn limited(reply: &Reply) -> Option<u64> {
+    (reply.status == StatusCode::TOO_MANY_REQUESTS)
+        .then(|| {
+            reply
+                .headers
+                .get("retry-after")?
+                .to_str()
+                .ok()?
+                .parse()
+                .ok()
+        })
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_is_limited_without_locking_out_other_accounts_or_addresses() -> TestResult
+{
+    let tmp = tempfile::tempdir()?;
+    let limits = HttpLimits {
+        login: LoginLimits {
+            free_per_pair: 3,
+            free_per_address: 10,
+            free_per_account: 10,
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(4),
+            forget_after: Duration::from_secs(60),
+            ..LoginLimits::default()
+        },
+        ..HttpLimits::default()
+    };
+    let (_dir, running) = dashboard_in(tmp.path(), limits);
+    let base = format!("http://{}", running.http_addr.ok_or("no dashboard")?);
+    let guesser = Http::at(base.clone(), Some(loopback(1)));
+
+    for i in 0..3 {
+        let reply = try_login(&guesser, "office", &format!("guess {i}")).await;
+        assert!(wrong_password(&reply), "guess {i}: {}", reply.status);
+    }
+    // Limited now: a fourth guess and even the right password are refused, with a wait.
+    let reply = try_login(&guesser, "office", "guess 3").await;
+    assert_eq!(
+        limited(&reply),
+        Some(1),
+        "{} {}",
+        reply.status,
+        reply.text()
+    );
+    let reply = try_login(&guesser, "office", PASSWORD).await;
+    assert_eq!(limited(&reply), Some(1), "the right password while limited");
+    assert_eq!(reply.cookie("fs_session"), None);
+
+    // Another account from the same address is not held up, nor this one from elsewhere.
+    assert!(logged_in(&try_login(&guesser, "admin", PASSWORD).await));
+    let elsewhere = Http::at(base.clone(), Some(loopback(2)));
+    assert!(logged_in(&try_login(&elsewhere, "office", PASSWORD).await));
+
+    // After the wait one more guess is checked, and the wait doubles.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(wrong_password(
+        &try_login(&guesser, "office", "guess 4").await
+    ));
+    let reply = try_login(&guesser, "office", PASSWORD).await;
+    assert_eq!(limited(&reply), Some(2), "the wait doubled");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let reply = try_login(&guesser, "office", PASSWORD).await;
+    assert!(
+        logged_in(&reply),
+        "accepted after the wait: {}",
+        reply.status
+    );
+    // The success cleared the count.
+    assert!(wrong_password(&try_login(&guesser, "office", "typo").await));
+
+    // Guesses sent at once are counted as they start: no more than the free ones are checked.
+    let crowd = Http::at(base, Some(loopback(3)));
+    let mut guesses = Vec::new();
+    for i in 0..10 {
+        let page = send(crowd.get("/login")).await;
+        let csrf = page.cookie("fs_login_csrf").ok_or("no login cookie")?;
+        guesses.push(tokio::spawn(send(
+            crowd
+                .post("/login")
+                .header(COOKIE, format!("fs_login_csrf={csrf}"))
+                .form(&[
+                    ("csrf", csrf.clone()),
+                    ("user", "admin".into()),
+                    ("password", format!("guess {i}")),
+                ]),
+        )));
+    }
+    let mut checked = 0;
+    for guess in guesses {
+        let reply = guess.await?;
+        if wrong_password(&reply) {
+            checked += 1;
+        } else {
+            assert!(
+                limited(&reply).is_some() || reply.status == StatusCode::SERVICE_UNAVAILABLE,
+                "{} {}",
+                reply.status,
+                reply.text()
+            );
+        }
+    }
+    assert!(
+        checked <= 3,
+        "{checked} of 10 simultaneous guesses were checked"
+    );
+    running.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_page_turns_a_volunteer_into_office_staff_only_when_told_to() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path();
+    let mut server = TestServer::start_http(root);
+    let _phone = server
+        .phone(root, "zhang3", Role::Volunteer, &["team:7"])
+        .await;
+    let http = Http::new(&server);
+    let admin = http.log_in("admin").await;
+    let csrf = hidden_csrf(&http.page("/users", &admin).await).ok_or("no csrf")?;
+    let mut form = vec![
+        ("csrf", csrf.as_str()),
+        ("user", "zhang3"),
+        ("name", "张三"),
+        ("role", "office"),
+        ("password", "a long enough password"),
+    ];
+    let refused = http.post_form("/users", &admin, &form).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text());
+    for part in ["zhang3", "volunteer", "team:7", "enrolled device"] {
+        assert!(
+            refused.text().contains(part),
+            "`{part}` in {}",
+            refused.text()
+        );
+    }
+    let user = server.dir.store.user("zhang3")?.ok_or("no user")?;
+    assert_eq!(user.role, Role::Volunteer, "nothing changed");
+    assert_eq!(server.dir.store.password_hash("zhang3")?, None);
+
+    form.push(("replace", "1"));
+    let replaced = http.post_form("/users", &admin, &form).await;
+    assert_eq!(
+        replaced.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        replaced.text()
+    );
+    let user = server.dir.store.user("zhang3")?.ok_or("no user")?;
+    assert_eq!(user.role, Role::Office);
+    assert!(server.dir.store.password_hash("zhang3")?.is_some());
+    server.running.take().ok_or("not running")?.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_language_switch_goes_back_only_to_a_same_site_path() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let mut server = TestServer::start_http(tmp.path());
+    let http = Http::new(&server);
+    let base = server.http_url();
+    let cases = [
+        (
+            format!("{base}/records?kind=check_in"),
+            "/records?kind=check_in",
+        ),
+        (format!("{base}/review"), "/review"),
+        (format!("{base}/\\evil.example/x"), "/"),
+        (format!("{base}/\\\\evil.example/x"), "/"),
+        (format!("{base}//evil.example/x"), "/"),
+        (format!("{base}/\t/evil.example/x"), "/"),
+        (format!("{base}/x\\..\\..\\evil"), "/"),
+        ("javascript:alert(1)".to_string(), "/"),
+        ("//evil.example/x".to_string(), "/"),
+        (base.clone(), "/"),
+    ];
+    for (referer, back) in cases {
+        let reply = send(http.get("/lang/en").header("referer", &referer)).await;
+        assert_eq!(reply.status, StatusCode::SEE_OTHER, "{referer}");
+        assert_eq!(reply.location(), Some(back), "Referer {referer:?}");
+        assert_eq!(reply.cookie("fs_lang").as_deref(), Some("en"));
+    }
+    let reply = send(http.get("/lang/zh")).await;
+    assert_eq!(reply.location(), Some("/"), "no Referer");
+    server.running.take().ok_or("not running")?.stop().await;
+    Ok(())
+}
+
+/// Holds durable writes (`sync_data`) while shut, and counts the writers it holds.
+#[derive(Debug, Default)]
+struct Gate {
+    shut: Mutex<bool>,
+    opened: Condvar,
+    waiting: AtomicUsize,
+}
+
+impl Gate {
+    fn set(&self, shut: bool) {
+        *self.shut.lock().expect("gate") = shut;
+        self.opened.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut shut = self.shut.lock().expect("gate");
+        if *shut {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            while *shut {
+                shut = self.opened.wait(shut).expect("gate");
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A redb file in memory whose durable writes wait at a [`Gate`], like a stalled disk.
+#[derive(Debug)]
+struct GatedDisk {
+    disk: redb::backends::InMemoryBackend,
+    gate: Arc<Gate>,
+}
+
+impl redb::StorageBackend for GatedDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.disk.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.disk.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.disk.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.gate.pass();
+        self.disk.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.disk.write(offset, data)
+    }
+}
+
+/// The server runs on a runtime of one thread: a handler that did a durable write on it would
+/// stop every other request until the disk answers.
+#[test]
+fn a_handler_waiting_on_the_disk_never_stops_the_server_answering_others() -> TestResult {
+    let gate = Arc::new(Gate::default());
+    let store = ServerStore::open_backend(GatedDisk {
+        disk: redb::backends::InMemoryBackend::new(),
+        gate: gate.clone(),
+    })?;
+    let volunteer = User {
+        id: "v1".into(),
+        name: "李四".into(),
+        role: Role::Volunteer,
+        scopes: vec!["team:1".parse()?],
+    };
+    store.create_code(&volunteer, "CODE1", i64::MAX)?;
+    store.enroll("CODE1", "0a0b", 0)?;
+    let identity = KeyAndCert::generate(fieldsync_proto::protocol::SERVER_NAME)?;
+    let token_store = store.clone();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let running = start_dashboard(store, &identity, HttpLimits::default());
+            addr_tx.send(running.http_addr).expect("address");
+            let _ = stopped.await;
+            running.stop().await;
+        });
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(30))?
+        .ok_or("no dashboard")?;
+    let token = fieldsync_server::auth::issue_token(&token_store, "admin", 0)?;
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result: TestResult = client.block_on(async move {
+        let http = Http::at(format!("http://{addr}"), None);
+        let admin = http.log_in("admin").await;
+        let csrf = hidden_csrf(&http.page("/devices", &admin).await).ok_or("no csrf")?;
+        let enroll = [
+            ("csrf", csrf.as_str()),
+            ("user", "v5"),
+            ("name", "王五"),
+            ("role", "volunteer"),
+            ("scopes", "team:5"),
+            ("hours", "1"),
+        ];
+        let writes = [
+            (
+                "revoke",
+                http.post("/api/devices/0a0b/revoke").bearer_auth(&token),
+            ),
+            (
+                "enrollment form",
+                http.post("/devices/enroll")
+                    .header(COOKIE, session_cookie(&admin))
+                    .form(&enroll),
+            ),
+            (
+                "logout",
+                http.post("/logout")
+                    .header(COOKIE, session_cookie(&admin))
+                    .form(&[("csrf", csrf.as_str())]),
+            ),
+        ];
+        for (what, request) in writes {
+            gate.set(true);
+            let pending = tokio::spawn(send(request));
+            let parked = Instant::now();
+            while gate.waiting.load(Ordering::SeqCst) == 0 {
+                if parked.elapsed() > Duration::from_secs(10) {
+                    gate.set(false);
+                    return Err(format!("{what}: no durable write reached the disk").into());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let other =
+                tokio::time::timeout(Duration::from_secs(5), send(http.get("/login"))).await;
+            gate.set(false);
+            let other = other
+                .map_err(|_| format!("{what}: nothing answered while it waited on the disk"))?;
+            assert_eq!(other.status, StatusCode::OK, "{what}");
+            let reply = pending.await?;
+            assert!(
+                reply.status.is_success() || reply.status == StatusCode::SEE_OTHER,
+                "{what}: {} {}",
+                reply.status,
+                reply.text()
+            );
+        }
+        Ok(())
+    });
+    let _ = stop.send(());
+    server.join().map_err(|_| "the server thread panicked")?;
+    result
 }

@@ -33,6 +33,35 @@ pub struct Device {
     pub last_sync: Option<i64>,
 }
 
+/// What [`ServerStore::put_staff`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StaffWrite {
+    /// A new user.
+    Added,
+    /// The user existed with the same role and scopes; name and password are replaced.
+    Updated,
+    /// The user existed with another role or other scopes (this one) and was replaced, as asked.
+    Replaced(User),
+    /// The user exists with another role or other scopes, and replacing was not asked for:
+    /// nothing was written. `devices` are the user's enrolled (not revoked) devices.
+    Refused {
+        existing: User,
+        devices: Vec<String>,
+    },
+}
+
+/// Whether two users' records give the same access: the same role and the same scopes, in any
+/// order.
+fn same_access(a: &User, b: &User) -> bool {
+    let scopes = |u: &User| {
+        let mut s = u.scopes.clone();
+        s.sort();
+        s.dedup();
+        s
+    };
+    a.role == b.role && scopes(a) == scopes(b)
+}
+
 /// A one-time enrollment code: for whom, until when (Unix seconds), and which device used it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(super) struct Code {
@@ -117,6 +146,46 @@ impl ServerStore {
     /// Adds or replaces a user (office and admin accounts have no devices, only passwords).
     pub fn put_user(&self, user: &User) -> Result<(), StoreError> {
         self.put(USERS, user.id.as_str(), user)
+    }
+
+    /// Writes a staff user and their password hash (a PHC string) in one transaction.
+    ///
+    /// A user who exists with another role or other scopes is replaced only if `replace` is
+    /// set: their enrolled devices act with the user's role and scopes, so a silent change
+    /// would quietly widen (or narrow) what those phones may do. The check and the write are
+    /// one transaction, so no other change can slip between them.
+    pub fn put_staff(
+        &self,
+        user: &User,
+        phc: &str,
+        replace: bool,
+    ) -> Result<StaffWrite, StoreError> {
+        let tx = self.db.begin_write()?;
+        let outcome = {
+            let mut users = tx.open_table(USERS)?;
+            let existing = users.get_decoded(user.id.as_str())?;
+            let outcome = match existing {
+                None => StaffWrite::Added,
+                Some(old) if same_access(&old, user) => StaffWrite::Updated,
+                Some(old) if replace => StaffWrite::Replaced(old),
+                Some(existing) => {
+                    let mut devices = Vec::new();
+                    for entry in tx.open_table(DEVICES)?.iter()? {
+                        let device: Device = entry?.1.value().decode()?;
+                        if device.user_id == user.id && !device.revoked {
+                            devices.push(device.device_id);
+                        }
+                    }
+                    // Dropping the transaction unwritten aborts it.
+                    return Ok(StaffWrite::Refused { existing, devices });
+                }
+            };
+            users.put_encoded(user.id.as_str(), user)?;
+            tx.open_table(PASSWORDS)?.insert(user.id.as_str(), phc)?;
+            outcome
+        };
+        tx.commit()?;
+        Ok(outcome)
     }
 
     /// A user by id.

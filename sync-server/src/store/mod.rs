@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use committer::Committer;
-pub use identity::{CODE_ID_CHARS, Device, User, code_id, normalize_code};
+pub use identity::{CODE_ID_CHARS, Device, StaffWrite, User, code_id, normalize_code};
 pub use records::{Prepared, PreparedRound, Receipt};
 pub use webauth::{ApiToken, WebSession};
 

@@ -4,16 +4,15 @@
 
 use axum::extract::{Form, Path, State};
 use axum::response::Redirect;
-use fieldsync_proto::model::{self, FieldValue};
+use fieldsync_proto::model::{self, FieldValue, Kind};
 use fieldsync_proto::record::RecordView;
 use maud::{Markup, html};
 use serde::Deserialize;
-use uuid::Uuid;
 
 use super::i18n::{field_label, kind_label};
 use super::layout::{PageError, PageResult, PageStaff, layout};
 use super::records::summary;
-use crate::http::{ApiError, AppState, list_records, resolve_record};
+use crate::http::{ApiError, AppState, blocking, list_records, resolve_record};
 use crate::office::{self, OfficeError};
 
 pub(super) fn resolve_controls(page: &PageStaff, view: &RecordView) -> Markup {
@@ -88,7 +87,16 @@ pub(super) async fn resolve_form(
 ) -> Result<Redirect, PageError> {
     let lang = page.lang;
     let id = page.staff.office_change(Some(&form.csrf), &id).page(lang)?;
-    let value = form_value(&state, id, &form).page(lang)?;
+    let store = state.shared.store.clone();
+    let kind = blocking(move || {
+        Ok(store
+            .record_view(id)?
+            .ok_or(OfficeError::NotFound(id))?
+            .kind)
+    })
+    .await
+    .page(lang)?;
+    let value = form_value(kind, &form).page(lang)?;
     resolve_record(state, page.staff.user, id, form.field, value)
         .await
         .page(lang)?;
@@ -97,17 +105,7 @@ pub(super) async fn resolve_form(
 
 /// The value a resolve form keeps. A picked value is the JSON of one of the concurrent values;
 /// a typed one is read by the field's type, as the command line reads it.
-fn form_value(
-    state: &AppState,
-    id: Uuid,
-    form: &ResolveForm,
-) -> Result<serde_json::Value, ApiError> {
-    let kind = state
-        .shared
-        .store
-        .record_view(id)?
-        .ok_or(OfficeError::NotFound(id))?
-        .kind;
+fn form_value(kind: Kind, form: &ResolveForm) -> Result<serde_json::Value, ApiError> {
     if form.pick != "__typed" {
         return serde_json::from_str(&form.pick)
             .map_err(|e| ApiError::bad_request(format!("bad value: {e}")));

@@ -1,8 +1,12 @@
 //! Enrolled devices and their revocation, and enrollment codes.
 //!
-//! A code is shown once, as text and as a QR code the phone scans.
+//! A code is shown once, as text and as a QR code the phone scans. The form that issues it
+//! redirects (post/redirect/get) to the devices page, which shows the code it finds waiting
+//! for the session ([`crate::http::flash`]) and forgets it: reloading either page never
+//! issues another code, and the code is not shown again.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -13,25 +17,21 @@ use serde::Deserialize;
 
 use super::layout::{CsrfForm, PageError, PageResult, PageStaff, layout, time_text};
 use super::users::{admin_form_user, user_fields};
-use crate::http::{ApiError, AppState, revoke_device};
-use crate::store::User;
+use crate::http::{ApiError, AppState, Credential, blocking, revoke_device};
+use crate::store::{Device, User};
 
 pub(super) async fn devices_page(
     State(state): State<AppState>,
     page: PageStaff,
 ) -> Result<Markup, PageError> {
-    devices_view(&state, &page, None)
-}
-
-/// The devices page, with the code just issued if there is one.
-fn devices_view(
-    state: &AppState,
-    page: &PageStaff,
-    issued: Option<&IssuedCode>,
-) -> Result<Markup, PageError> {
-    let body = devices_body(state, page, issued).page(page.lang)?;
+    let issued = state.issued.take(&flash_key(&page), Instant::now());
+    let store = state.shared.store.clone();
+    let (devices, users) = blocking(move || Ok((store.devices()?, store.users()?)))
+        .await
+        .page(page.lang)?;
+    let body = devices_body(&state, &page, issued.as_ref(), &devices, users).page(page.lang)?;
     Ok(layout(
-        page,
+        &page,
         page.lang.t("设备", "Devices"),
         "/devices",
         body,
@@ -39,28 +39,32 @@ fn devices_view(
 }
 
 /// A freshly issued enrollment code, shown once.
-struct IssuedCode {
+pub(crate) struct IssuedCode {
     user: User,
     code: String,
     payload: String,
     expires_at: i64,
 }
 
+/// Whose issued code a page shows: the login session's (its CSRF token is as secret and as
+/// unique as the session), or a token caller's user.
+fn flash_key(page: &PageStaff) -> String {
+    match &page.staff.credential {
+        Credential::Session { session, .. } => format!("session:{}", session.csrf),
+        Credential::Token => format!("token:{}", page.staff.user.id),
+    }
+}
+
 fn devices_body(
     state: &AppState,
     page: &PageStaff,
     issued: Option<&IssuedCode>,
+    devices: &[Device],
+    users: Vec<User>,
 ) -> Result<Markup, ApiError> {
     let lang = page.lang;
     let is_admin = page.is_admin();
-    let devices = state.shared.store.devices()?;
-    let users: BTreeMap<String, User> = state
-        .shared
-        .store
-        .users()?
-        .into_iter()
-        .map(|u| (u.id.clone(), u))
-        .collect();
+    let users: BTreeMap<String, User> = users.into_iter().map(|u| (u.id.clone(), u)).collect();
     Ok(html! {
         @if let Some(issued) = issued {
             div.card #enrollment {
@@ -88,7 +92,7 @@ fn devices_body(
                 th { (lang.t("设备", "Device")) } th { (lang.t("用户", "User")) } th { (lang.t("注册时间", "Enrolled")) }
                 th { (lang.t("最近同步", "Last sync")) } th { (lang.t("状态", "State")) }
             }
-            @for d in &devices {
+            @for d in devices {
                 tr data-device=(d.device_id) {
                     td { code { (d.device_id) } }
                     td { (users.get(&d.user_id).map_or(d.user_id.as_str(), |u| u.name.as_str())) " " span.muted { (d.user_id) } }
@@ -135,7 +139,7 @@ pub(super) async fn enroll_form(
     page: PageStaff,
     headers: HeaderMap,
     Form(form): Form<EnrollForm>,
-) -> Result<Markup, PageError> {
+) -> Result<Redirect, PageError> {
     let lang = page.lang;
     let user = admin_form_user(
         &page,
@@ -153,9 +157,13 @@ pub(super) async fn enroll_form(
     }
     // Saturating: an absurd number of hours is refused as out of range, not overflowed.
     let ttl_secs = form.hours.unwrap_or(24).saturating_mul(3600);
-    let issued = crate::enrollment::issue(&state.shared.store, &user, ttl_secs)
-        .map_err(ApiError::bad_request)
-        .page(lang)?;
+    let store = state.shared.store.clone();
+    let for_user = user.clone();
+    let issued = blocking(move || {
+        crate::enrollment::issue(&store, &for_user, ttl_secs).map_err(ApiError::bad_request)
+    })
+    .await
+    .page(lang)?;
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -168,7 +176,8 @@ pub(super) async fn enroll_form(
         user,
     };
     tracing::info!(user = %issued.user.id, "enrollment code issued from the dashboard");
-    devices_view(&state, &page, Some(&issued))
+    state.issued.put(&flash_key(&page), issued, Instant::now());
+    Ok(Redirect::to("/devices"))
 }
 
 pub(super) async fn revoke_form(
@@ -179,6 +188,6 @@ pub(super) async fn revoke_form(
 ) -> Result<Redirect, PageError> {
     let lang = page.lang;
     page.staff.admin_change(Some(&form.csrf)).page(lang)?;
-    revoke_device(&state, &id).page(lang)?;
+    revoke_device(&state, &id).await.page(lang)?;
     Ok(Redirect::to("/devices"))
 }

@@ -63,7 +63,7 @@ impl FromRequestParts<AppState> for PageStaff {
         state: &AppState,
     ) -> Result<PageStaff, PageRejection> {
         let lang = Lang::from_headers(&parts.headers);
-        match identify(state, &parts.headers) {
+        match identify(state, &parts.headers).await {
             Ok(Some(staff)) => Ok(PageStaff { staff, lang }),
             Ok(None) => Err(PageRejection::Login),
             Err(e) if e.status == StatusCode::UNAUTHORIZED => Err(PageRejection::Login),
@@ -195,12 +195,24 @@ pub(super) struct CsrfForm {
     pub(super) csrf: String,
 }
 
-/// A same-site path to go back to, or `fallback`: never another site, so a crafted link
-/// cannot send a logged-in user elsewhere.
+/// A same-site path to go back to, or `fallback`: never another site, so a crafted link or
+/// referrer cannot send a logged-in user elsewhere.
+///
+/// Only a path that starts with one `/` passes. Browsers read `\` as `/` and drop tabs and
+/// line breaks inside a URL, so `/\evil.example`, or `/` tab `/evil.example`, would be
+/// `//evil.example`, another host: a backslash or a control character anywhere refuses the
+/// path, as does `//` (and a scheme, which cannot follow a leading `/`).
 pub(super) fn local_path(back: Option<&str>, fallback: &str) -> String {
-    back.filter(|b| b.starts_with('/') && !b.starts_with("//"))
+    back.filter(|b| is_local_path(b))
         .unwrap_or(fallback)
         .to_string()
+}
+
+fn is_local_path(path: &str) -> bool {
+    let mut chars = path.chars();
+    chars.next() == Some('/')
+        && !matches!(chars.next(), Some('/'))
+        && !path.chars().any(|c| c == '\\' || c.is_control())
 }
 
 /// A Unix time as pages show it (UTC, to the second).

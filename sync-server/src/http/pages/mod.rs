@@ -14,7 +14,7 @@
 //! | `conflicts.rs` | `/conflicts`, `POST /resolve/{id}` |
 //! | `hours.rs` | `/hours` |
 //! | `villages.rs` | `/villages` (the indicator table) |
-//! | `devices.rs` | `/devices`, `POST /devices/enroll` (code and QR), `POST /devices/{id}/revoke` |
+//! | `devices.rs` | `/devices`, `POST /devices/enroll` (redirects to the code and QR), `POST /devices/{id}/revoke` |
 //! | `users.rs` | `/users` (list and add; admin only) |
 //!
 //! Beside them, `layout.rs` holds what every page shares (the frame, CSS, who is asking, the
@@ -37,6 +37,8 @@ use axum::response::Redirect;
 use axum::routing::{get, post};
 
 use super::AppState;
+
+pub(crate) use devices::IssuedCode;
 
 /// The dashboard's routes, merged beside the API's by [`super::router`].
 pub fn routes() -> Router<AppState> {

@@ -1,6 +1,11 @@
 //! Office and admin accounts (admin only).
+//!
+//! Adding an account whose user id exists with another role or other scopes is refused (409)
+//! unless the form's "replace" box is ticked, as `user add` needs `--replace`: that user's
+//! enrolled phones would act with the new role.
 
 use axum::extract::{Form, State};
+use axum::http::StatusCode;
 use axum::response::Redirect;
 use fieldsync_proto::access::Role;
 use fieldsync_proto::scope::{self, Scope};
@@ -19,13 +24,17 @@ pub(super) async fn users_page(
 ) -> Result<Markup, PageError> {
     let lang = page.lang;
     page.staff.require(Role::Admin).page(lang)?;
-    let users = state.shared.store.users().page(lang)?;
+    let store = state.shared.store.clone();
+    let users = blocking(move || Ok(store.users()?)).await.page(lang)?;
     let body = html! {
         form.card #add-user method="post" action="/users" {
             h2 { (lang.t("添加办公室或管理员账号", "Add an office or admin account")) }
             (page.csrf_field())
             (user_fields(lang, &[Role::Office, Role::Admin]))
             label { (lang.t("密码 ", "Password ")) input name="password" type="password" minlength="8" required; } " "
+            label title=(lang.t("已有同名用户且角色或范围不同时，替换该用户（其设备随之改变权限）", "if the user id exists with another role or other scopes, replace it (its devices change with it)")) {
+                input name="replace" type="checkbox" value="1"; " " (lang.t("替换已有用户", "replace an existing user"))
+            } " "
             button type="submit" { (lang.t("添加", "Add")) }
         }
         table #users {
@@ -47,6 +56,9 @@ pub(super) struct AddUserForm {
     name: String,
     role: String,
     password: String,
+    /// Ticked: replace a user of the same id with another role or other scopes.
+    #[serde(default)]
+    replace: Option<String>,
 }
 
 pub(super) async fn add_user_form(
@@ -57,9 +69,16 @@ pub(super) async fn add_user_form(
     let lang = page.lang;
     let user = admin_form_user(&page, &form.csrf, &form.user, &form.name, &form.role, "")?;
     let store = state.shared.store.clone();
-    blocking(move || Ok(auth::add_staff(&store, &user, &form.password)?))
+    let replace = form.replace.is_some();
+    // Hashing the new password is argon2 work like a login's: it takes a hasher too.
+    let added = state
+        .logins
+        .hash(move || auth::add_or_replace_staff(&store, &user, &form.password, replace))
         .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        .page(lang)?
         .page(lang)?;
+    tracing::info!(user = %page.staff.user.id, added = ?added, "dashboard account added");
     Ok(Redirect::to("/users"))
 }
 
