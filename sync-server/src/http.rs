@@ -577,12 +577,16 @@ async fn api_revoke(
     Path(id): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     staff.admin_change(csrf_header(&headers))?;
-    revoke_device(&state, &id).await?;
+    revoke_device(&state, &staff.user.id, &id).await?;
     Ok(axum::Json(serde_json::json!({ "revoked": id })))
 }
 
 /// Revokes a device (a durable write, on a blocking thread), answering 404 for an unknown one.
-pub async fn revoke_device(state: &HttpState, device_id: &str) -> Result<(), ApiError> {
+pub async fn revoke_device(
+    state: &HttpState,
+    staff_id: &str,
+    device_id: &str,
+) -> Result<(), ApiError> {
     let store = state.shared.store.clone();
     let id = device_id.to_string();
     blocking(move || match store.revoke(&id) {
@@ -591,7 +595,7 @@ pub async fn revoke_device(state: &HttpState, device_id: &str) -> Result<(), Api
         Err(e) => Err(e.into()),
     })
     .await?;
-    tracing::info!(device = %device_id, "device revoked from the dashboard");
+    crate::oplog::office_action(staff_id, "revoke", device_id, "");
     Ok(())
 }
 

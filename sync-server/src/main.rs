@@ -11,7 +11,11 @@ use fieldsync_proto::model::Kind;
 use fieldsync_proto::{Role, Scope};
 use fieldsync_server::export::{self, Format};
 use fieldsync_server::store::User;
-use fieldsync_server::{DataDir, DataError, ServeOptions, auth};
+use fieldsync_server::{DataDir, DataError, ServeOptions, auth, oplog};
+
+/// Who the operator's log names for changes made with this command line: whoever runs it on
+/// the server's host (the data folder's permissions decide who can).
+const CLI_ACTOR: &str = "server command line";
 
 #[derive(Parser)]
 #[command(
@@ -247,6 +251,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 scopes,
             };
             let code = fieldsync_server::enrollment::issue(&dir.store, &user, ttl)?.code;
+            oplog::office_action(
+                CLI_ACTOR,
+                "code_issued",
+                &user.id,
+                &format!("role {}", user.role),
+            );
             println!("code: {code}");
             println!("fingerprint: {}", dir.fingerprint());
             Ok(())
@@ -256,6 +266,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .store
                 .revoke(&device)
                 .map_err(|e| e.to_string())?;
+            oplog::office_action(CLI_ACTOR, "revoke", &device, "");
             println!("revoked: {device}");
             Ok(())
         }

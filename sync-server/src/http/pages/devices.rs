@@ -175,7 +175,12 @@ pub(super) async fn enroll_form(
         expires_at: issued.expires_at,
         user,
     };
-    tracing::info!(user = %issued.user.id, "enrollment code issued from the dashboard");
+    crate::oplog::office_action(
+        &page.staff.user.id,
+        "code_issued",
+        &issued.user.id,
+        &format!("role {}, expires {}", issued.user.role, issued.expires_at),
+    );
     state.issued.put(&flash_key(&page), issued, Instant::now());
     Ok(Redirect::to("/devices"))
 }
@@ -188,6 +193,8 @@ pub(super) async fn revoke_form(
 ) -> Result<Redirect, PageError> {
     let lang = page.lang;
     page.staff.admin_change(Some(&form.csrf)).page(lang)?;
-    revoke_device(&state, &id).await.page(lang)?;
+    revoke_device(&state, &page.staff.user.id, &id)
+        .await
+        .page(lang)?;
     Ok(Redirect::to("/devices"))
 }
