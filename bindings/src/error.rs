@@ -19,7 +19,8 @@ use fieldsync_proto::record::RecordError;
 ///   fingerprint, or something posing as the server): nothing was sent; check the fingerprint
 ///   with the office. Trying again will not help.
 /// - `Refused`: the server refused the request (bad or used enrollment code, too many syncs,
-///   another protocol version): show the message.
+///   another protocol version), or the phone refused a write the user's role and scopes do not
+///   allow (the same reason the server would give; nothing was written): show the message.
 /// - `InvalidInput`: the input breaks the record's schema (unknown kind or field, wrong type,
 ///   bad scope or timestamp, missing required field): fix the form.
 /// - `NotFound`: no record with this id on the device.
@@ -59,7 +60,10 @@ impl From<StoreError> for FieldSyncError {
         match e {
             StoreError::NotEnrolled => FieldSyncError::NotEnrolled { message },
             StoreError::NotFound(_) => FieldSyncError::NotFound { message },
-            StoreError::NoTeamScope => FieldSyncError::InvalidInput { message },
+            StoreError::NoTeamScope | StoreError::NotRefused { .. } => {
+                FieldSyncError::InvalidInput { message }
+            }
+            StoreError::Forbidden(_) => FieldSyncError::Refused { message },
             StoreError::Record(r) => r.into(),
             StoreError::Database(_)
             | StoreError::Folder { .. }

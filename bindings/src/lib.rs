@@ -39,7 +39,7 @@ pub use background::{
 pub use error::FieldSyncError;
 pub use types::{
     Enrollment, FieldRecord, FieldSpec, FieldType, FieldValue, HistoryEntry, HoursSummary, Refusal,
-    Role, SyncProgress, SyncReport,
+    Reverted, Role, SyncProgress, SyncReport,
 };
 
 uniffi::setup_scaffolding!("fieldsync");
@@ -117,7 +117,7 @@ impl FieldStore {
     /// Times are RFC 3339 (`2026-11-28T08:00:00+08:00`); `ended_at` may be left out and set
     /// at check-out with `update`. The volunteer, team, `status` (`submitted`) and device time
     /// are filled in from the enrollment and the clock. `scope` defaults to the user's first
-    /// team scope.
+    /// team scope; a scope that is not the user's is `Refused` at once, nothing written.
     #[uniffi::method(default(
         ended_at = None,
         lat = None,
@@ -156,7 +156,9 @@ impl FieldStore {
     /// Creates a record of any kind in `scope` with `fields`, as one durable write.
     ///
     /// Every value is checked against the kind's schema first; nothing is written if any is
-    /// refused (`InvalidInput`).
+    /// refused (`InvalidInput`). What the enrolled role and scopes may not write is `Refused`
+    /// at once, with the reason the server would give (before enrollment any kind is kept as a
+    /// draft, and the server decides at the first sync).
     pub fn create(
         &self,
         kind: String,
@@ -170,7 +172,8 @@ impl FieldStore {
 
     /// Sets `fields` of record `id` as one change; nothing is written if any value is refused.
     ///
-    /// Setting a field that is in conflict resolves the conflict to the new value.
+    /// Setting a field that is in conflict resolves the conflict to the new value. An edit the
+    /// enrolled role and scopes do not allow is `Refused`, like `create`.
     pub fn update(
         &self,
         id: String,
@@ -208,7 +211,7 @@ impl FieldStore {
         Ok(self.inner.pending_count()?)
     }
 
-    /// Records the server refused, with its reasons, until they are edited again.
+    /// Records the server refused, with its reasons, until they are edited again or reverted.
     pub fn refused(&self) -> Result<Vec<Refusal>, FieldSyncError> {
         Ok(self
             .inner
@@ -219,6 +222,17 @@ impl FieldStore {
                 reason,
             })
             .collect())
+    }
+
+    /// Takes back what the server refused of record `id`, as one durable write: the record
+    /// goes back to the version the server holds (`ToServer`), or, if the server never had it,
+    /// it is dropped from the phone (`Dropped`).
+    ///
+    /// The way out of a refusal besides editing the record. Only a refused record (see
+    /// `refused()`) can be reverted: any other is `InvalidInput` and stays as it is, so an edit
+    /// not yet synced is never thrown away by mistake; an unknown id is `NotFound`.
+    pub fn revert(&self, id: String) -> Result<Reverted, FieldSyncError> {
+        Ok(self.inner.revert(parse_id(&id)?)?.into())
     }
 
     /// The enrolled user's check-in hours on this device, by review status.
@@ -504,6 +518,75 @@ mod tests {
         // Not enrolled is said at once, whatever the deadline.
         let err = store.sync(None, Some(1)).await.unwrap_err();
         assert!(matches!(err, FieldSyncError::NotEnrolled { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn writes_the_rules_forbid_are_refused_and_revert_says_what_it_did() {
+        let (_dir, store) = open();
+        store
+            .inner
+            .set_enrollment(&fieldsync_device::store::EnrollmentInfo {
+                server: "127.0.0.1:1".into(),
+                fingerprint: "00".repeat(32),
+                device_id: store.device_id(),
+                user_id: "zhang3".into(),
+                user_name: "张三".into(),
+                role: fieldsync_proto::Role::Volunteer,
+                scopes: vec!["team:7".parse().unwrap()],
+            })
+            .unwrap();
+        let err = store
+            .create(
+                "village_survey".into(),
+                "village:3".into(),
+                HashMap::from([("village".to_string(), text("大坪村"))]),
+            )
+            .unwrap_err();
+        match err {
+            FieldSyncError::Refused { message } => {
+                assert_eq!(message, "a volunteer may not write village_survey records")
+            }
+            other => panic!("expected Refused, got {other:?}"),
+        }
+        let id = store
+            .check_in(
+                "清洁家园".into(),
+                "幸福社区".into(),
+                "2026-11-28T08:00:00+08:00".into(),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
+            .unwrap();
+        let err = store
+            .update(
+                id.clone(),
+                HashMap::from([("status".to_string(), text("confirmed"))]),
+            )
+            .unwrap_err();
+        assert!(matches!(err, FieldSyncError::Refused { .. }), "{err:?}");
+        assert_eq!(store.pending_count().unwrap(), 1);
+        assert_eq!(store.list(None, None).unwrap().len(), 1);
+
+        let err = store.revert(id.clone()).unwrap_err();
+        assert!(
+            matches!(err, FieldSyncError::InvalidInput { .. }),
+            "{err:?}"
+        );
+        let uuid = parse_id(&id).unwrap();
+        store
+            .inner
+            .acknowledge(&[], &[(*uuid.as_bytes(), "rules changed".into())])
+            .unwrap();
+        assert_eq!(store.revert(id.clone()).unwrap(), Reverted::Dropped);
+        assert_eq!(store.get(id.clone()).unwrap(), None);
+        assert!(matches!(
+            store.revert(id),
+            Err(FieldSyncError::NotFound { .. })
+        ));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 
-use fieldsync_device::store::{EnrollmentInfo, HoursSummary as CoreHoursSummary};
+use fieldsync_device::store::{
+    EnrollmentInfo, HoursSummary as CoreHoursSummary, Reverted as CoreReverted,
+};
 use fieldsync_proto::model::{self, FieldType as CoreFieldType};
 use fieldsync_proto::record::{HistoryEntry as CoreHistoryEntry, RecordView};
 use fieldsync_proto::sync::RoundReport;
@@ -314,4 +316,24 @@ pub(crate) fn schema_of(kind: Kind) -> Vec<FieldSpec> {
 /// A count as foreign code sees it (usize is not a foreign type).
 pub(crate) fn count(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// What `revert` did with a refused record.
+#[derive(Clone, Debug, PartialEq, uniffi::Enum)]
+pub enum Reverted {
+    /// The record is back at the version the server holds; the refused changes are gone.
+    ToServer { record: FieldRecord },
+    /// The server never had the record; it is gone from the phone.
+    Dropped,
+}
+
+impl From<CoreReverted> for Reverted {
+    fn from(r: CoreReverted) -> Self {
+        match r {
+            CoreReverted::ToServer(view) => Reverted::ToServer {
+                record: view.into(),
+            },
+            CoreReverted::Dropped => Reverted::Dropped,
+        }
+    }
 }

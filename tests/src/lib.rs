@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use fieldsync_device::client::{self, ClientError};
-use fieldsync_device::store::DeviceStore;
+use fieldsync_device::store::{DeviceStore, EnrollmentInfo};
 use fieldsync_proto::Role;
 use fieldsync_proto::model::{FieldValue, Kind};
 use fieldsync_proto::protocol::Limits;
@@ -194,6 +194,31 @@ impl Phone {
     pub fn set(&self, id: &str, fields: &[(&str, FieldValue)]) {
         let id = uuid::Uuid::parse_str(id).expect("uuid");
         self.store.update(id, &owned(fields)).expect("update");
+    }
+
+    /// Makes the phone believe it is enrolled with `role` and `scopes` (its user and server
+    /// unchanged): a phone whose rules are out of date or tampered with, which writes what the
+    /// server then refuses. Returns the real enrollment, for [`Phone::restore`].
+    pub fn believe(&self, role: Role, scopes: &[&str]) -> EnrollmentInfo {
+        let real = self
+            .store
+            .enrollment()
+            .expect("enrollment")
+            .expect("enrolled");
+        let believed = EnrollmentInfo {
+            role,
+            scopes: scopes.iter().map(|s| s.parse().expect("scope")).collect(),
+            ..real.clone()
+        };
+        self.store
+            .set_enrollment(&believed)
+            .expect("set enrollment");
+        real
+    }
+
+    /// Puts back the enrollment [`Phone::believe`] replaced.
+    pub fn restore(&self, real: &EnrollmentInfo) {
+        self.store.set_enrollment(real).expect("set enrollment");
     }
 
     /// A raw protocol connection as this phone, to send hand-made messages.

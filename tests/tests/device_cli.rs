@@ -152,3 +152,120 @@ fn record_offline_sync_and_fail_clearly_when_the_server_is_gone() {
     let (_, out, _) = fieldsync(store, &["list", "--json"]);
     assert_eq!(json(&out).as_array().unwrap().len(), 1);
 }
+
+/// Enrolls a new store as volunteer `u7` in `team:7` through both command lines; returns the
+/// server (still running) and the store path.
+fn enrolled_volunteer(tmp: &std::path::Path) -> (ServerProcess, String) {
+    let data = tmp.join("data");
+    let data_s = data.to_str().unwrap();
+    let store = tmp.join("phone").to_str().unwrap().to_string();
+    assert!(run("fieldsync-server", &["init", "--data", data_s]).0);
+    let (ok, out, err) = run(
+        "fieldsync-server",
+        &[
+            "enroll",
+            "--data",
+            data_s,
+            "--user",
+            "u7",
+            "--name",
+            "赵六",
+            "--role",
+            "volunteer",
+            "--scope",
+            "team:7",
+        ],
+    );
+    assert!(ok, "{err}");
+    let value = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let server = ServerProcess::spawn(&data, "127.0.0.1:0");
+    let addr = server.addr.to_string();
+    let (ok, _, err) = fieldsync(
+        &store,
+        &[
+            "enroll",
+            "--server",
+            &addr,
+            "--fingerprint",
+            &value("fingerprint:"),
+            "--code",
+            &value("code:"),
+        ],
+    );
+    assert!(ok, "{err}");
+    (server, store)
+}
+
+#[test]
+fn what_the_role_may_not_write_is_refused_at_once_with_the_reason_and_nothing_is_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, store) = enrolled_volunteer(tmp.path());
+    let store = store.as_str();
+    server.kill(); // in the field: the phone decides alone
+    let checkin = |extra: &[&str]| {
+        let mut args = vec![
+            "checkin",
+            "--activity",
+            "清洁家园",
+            "--place",
+            "幸福社区",
+            "--start",
+            "2026-11-28T08:00:00+08:00",
+        ];
+        args.extend_from_slice(extra);
+        fieldsync(store, &args)
+    };
+    let (ok, out, err) = checkin(&[]);
+    assert!(ok, "{err}");
+    let id = out.trim().to_string();
+    let (_, before, _) = fieldsync(store, &["list", "--json"]);
+    let refused = [
+        (
+            fieldsync(
+                store,
+                &[
+                    "new",
+                    "village_survey",
+                    "--scope",
+                    "village:1",
+                    "village=石桥村",
+                ],
+            ),
+            "a volunteer may not write village_survey records",
+        ),
+        (
+            fieldsync(store, &["set", &id, "status=confirmed"]),
+            "a volunteer may not set `status`",
+        ),
+        (
+            checkin(&["--scope", "team:8"]),
+            "this device may not write scope `team:8`",
+        ),
+    ];
+    for ((ok, out, err), reason) in refused {
+        assert!(!ok, "exit non-zero for `{reason}`: {out}");
+        assert!(
+            err.contains(reason) && err.contains("nothing was stored"),
+            "{err}"
+        );
+        assert!(out.is_empty(), "no id printed: {out}");
+    }
+    let (_, after, _) = fieldsync(store, &["list", "--json"]);
+    assert_eq!(json(&after), json(&before), "nothing was stored");
+    let (_, out, _) = fieldsync(store, &["status", "--json"]);
+    assert_eq!(json(&out)["pending"], 1);
+    let (_, out, _) = fieldsync(store, &["show", &id, "--json"]);
+    assert_eq!(json(&out)["fields"]["status"], "submitted");
+
+    // Revert is for refused records only: a pending one says so and stays as it is.
+    let (ok, _, err) = fieldsync(store, &["revert", &id]);
+    assert!(!ok && err.contains("waiting to be synced"), "{err}");
+    let (_, out, _) = fieldsync(store, &["status", "--json"]);
+    assert_eq!(json(&out)["pending"], 1);
+}

@@ -35,6 +35,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use fieldsync_device::client::{self, ClientError};
+use fieldsync_device::store::StoreError;
 use fieldsync_device::tls::KeyAndCert;
 use fieldsync_proto::Role;
 use fieldsync_proto::model::{FieldValue, Kind};
@@ -1569,7 +1570,10 @@ async fn metrics_are_prometheus_text_and_move_with_a_sync() -> TestResult {
 
     v1.check_in("team:1", "清洁家园");
     v1.check_in("team:1", "文明城市创建");
+    // A phone with out-of-date rules writes what the server refuses (counted below).
+    let real = v1.believe(Role::Volunteer, &["team:1", "team:2"]);
     v1.check_in("team:2", "别的队");
+    v1.restore(&real);
     let report = v1.sync().await?;
     assert_eq!((report.sent, report.refused.len()), (2, 1));
 
@@ -1688,8 +1692,16 @@ async fn an_enrollment_code_from_the_dashboard_enrolls_a_phone_that_syncs() -> T
     let stored = &server.records()[&id];
     assert_eq!(stored.scope, "team:9");
     assert_eq!(stored.fields["volunteer_id"], text("v9"));
-    // The scopes came from the form: another team is refused.
+    // The scopes came from the form: another team is refused, by the phone at once and by
+    // the server from a phone whose rules say otherwise.
+    let fields = check_in_fields("v9", "越权");
+    match phone.store.create(Kind::CheckIn, "team:8", &fields) {
+        Err(StoreError::Forbidden(reason)) => assert!(reason.contains("team:8"), "{reason}"),
+        other => panic!("team:8 is not v9's: {other:?}"),
+    }
+    let real = phone.believe(Role::Volunteer, &["team:9", "team:8"]);
     phone.check_in("team:8", "越权");
+    phone.restore(&real);
     let report = phone.sync().await?;
     assert_eq!(report.refused.len(), 1, "{report:?}");
 

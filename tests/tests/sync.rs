@@ -100,9 +100,14 @@ async fn refusals_are_per_record_store_nothing_and_never_block_later_rounds() {
     let mut server = TestServer::start(root);
     let v1 = server.phone(root, "v1", Role::Volunteer, &["team:1"]).await;
 
+    // The phone checks these rules itself before it stores anything; one whose rules are out
+    // of date (or tampered with) writes what the server must still refuse.
     let good = v1.check_in("team:1", "清洁家园");
+    let real = v1.believe(Role::Volunteer, &["team:1", "team:2"]);
     let wrong_team = v1.check_in("team:2", "越权");
+    v1.believe(Role::Village, &["village:9"]);
     let survey = v1.create(Kind::VillageSurvey, "village:9", &survey_fields("大坪村"));
+    v1.restore(&real);
     let report = v1.sync().await.unwrap();
     assert_eq!(report.sent, 1);
     let refused: Vec<String> = report
@@ -128,7 +133,9 @@ async fn refusals_are_per_record_store_nothing_and_never_block_later_rounds() {
     );
 
     // A volunteer may not confirm their own check-in.
+    v1.believe(Role::Office, &[]);
     v1.set(&good, &[("status", text("confirmed"))]);
+    v1.restore(&real);
     let report = v1.sync().await.unwrap();
     assert_eq!(report.refused.len(), 1);
     assert!(

@@ -19,6 +19,7 @@ import org.fieldsync.FieldRecord
 import org.fieldsync.FieldStore
 import org.fieldsync.FieldSyncException
 import org.fieldsync.FieldValue
+import org.fieldsync.Reverted
 import org.fieldsync.Role
 import org.fieldsync.SyncFailure
 import org.fieldsync.SyncProgress
@@ -275,6 +276,39 @@ val tests = linkedMapOf<String, suspend Env.() -> Unit>(
         checkEq(store.history(record.id).size, 1, "changes")
         val doctors = fieldSchema("village_survey").first { it.name == "licensed_doctors" }
         checkEq(doctors.fieldType, FieldType.INTEGER, "schema type")
+    },
+
+    "the phone refuses what the role may not write; what the server refuses later is reverted or dropped" to {
+        val twoTeams = ServerUser("zhang3", "张三", "volunteer", listOf("team:7", "team:8"))
+        val (server, codes) = server(twoTeams)
+        val phone = phone("zhang3")
+        phone.enrollWith(server, codes, twoTeams)
+        val e = expectThrows<FieldSyncException.Refused>("a volunteer's survey") {
+            phone.create("village_survey", "village:3", mapOf("village" to text("大坪村")))
+        }
+        checkEq(e.message, "a volunteer may not write village_survey records", "the server's reason")
+        checkEq(phone.pendingCount(), 0uL, "nothing stored")
+        val edited = phone.checkIn("清洁家园", "幸福社区", day(8), day(9), scope = "team:8")
+        checkEq(phone.syncChecked().sent, 1uL, "sent")
+        val serverVersion = phone.get(edited)
+
+        // team:8 is taken away on the server; the phone still has the old rules.
+        server.stop()
+        server.enroll(ServerUser("zhang3", "张三", "volunteer", listOf("team:7")))
+        server.start()
+        phone.update(edited, mapOf("note" to text("补签")))
+        val fresh = phone.checkIn("社区网格化", "东区", day(10), day(11), scope = "team:8")
+        val report = phone.syncChecked()
+        checkEq(report.refused.map { it.id }.toSet(), setOf(edited, fresh), "refused by the server")
+
+        val back = phone.revert(edited)
+        check(back is Reverted.ToServer && back.record == serverVersion) { "back to the server's version: $back" }
+        checkEq(phone.revert(fresh), Reverted.Dropped, "the new one is dropped")
+        checkEq(phone.get(fresh), null, "dropped")
+        expectThrows<FieldSyncException.InvalidInput>("revert of a record not refused") { phone.revert(edited) }
+        checkEq(phone.refused(), emptyList(), "nothing refused")
+        val clean = phone.syncChecked()
+        checkEq(clean.sent to clean.refused.size, 0uL to 0, "the next round is clean")
     },
 
     "a sync to a stopped server fails as Network within its deadline" to {

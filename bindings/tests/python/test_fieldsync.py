@@ -227,31 +227,66 @@ async def test_check_ins_reviews_and_my_hours(make_server, open_store):
     assert zhang3.get(two_hours).fields["review_note"] == FV.TEXT("已核实")
 
 
-async def test_the_server_refuses_what_the_role_may_not_write_and_says_why(
-    make_server, open_store
-):
+async def test_the_phone_refuses_what_the_role_may_not_write_and_says_why(make_server, open_store):
     cluster = make_server(ZHANG3)
     zhang3 = open_store("zhang3")
     await enroll(zhang3, cluster, ZHANG3)
     ok = zhang3.check_in("清洁家园", "幸福社区", day(8), day(9))
-    # Valid on the phone (the schema allows it) but a volunteer may not write village records
-    # nor confirm own check-ins: the server refuses each record, the rest of the round lands.
-    survey_id = zhang3.create("village_survey", "village:3", survey()).id
-    self_confirmed = zhang3.check_in("清洁家园", "幸福社区", day(10), day(11))
-    zhang3.update(self_confirmed, {"status": FV.TEXT("confirmed")})
+    # The rules the server applies, checked on the phone before anything is stored, with the
+    # server's reasons: no waiting for a sync to learn it.
+    with pytest.raises(Err.Refused, match="a volunteer may not write village_survey records"):
+        zhang3.create("village_survey", "village:3", survey())
+    with pytest.raises(Err.Refused, match="a volunteer may not set `status`"):
+        zhang3.update(ok, {"status": FV.TEXT("confirmed")})
+    with pytest.raises(Err.Refused, match="may not write scope `team:8`"):
+        zhang3.check_in("清洁家园", "幸福社区", day(10), day(11), scope="team:8")
+    assert ids(zhang3.list()) == {ok}
+    assert zhang3.get(ok).fields["status"] == FV.TEXT("submitted")
+    assert zhang3.pending_count() == 1
     report = await sync(zhang3)
-    assert report.sent == 1
-    reasons = {r.id: r.reason for r in report.refused}
-    assert set(reasons) == {survey_id, self_confirmed}
-    assert "volunteer" in reasons[survey_id]
-    assert "status" in reasons[self_confirmed]
-    assert {(r.id, r.reason) for r in zhang3.refused()} == set(reasons.items())
-    assert zhang3.pending_count() == 0
-    # Refused records stay on the phone, and do not block later rounds.
-    assert zhang3.get(survey_id) is not None
-    again = await sync(zhang3)
-    assert (again.sent, again.refused) == (0, [])
-    assert ok in ids(zhang3.list())
+    assert (report.sent, report.refused) == (1, [])
+
+
+async def test_a_record_refused_after_the_rules_changed_is_reverted_or_dropped(
+    make_server, open_store
+):
+    two_teams = User("zhang3", "张三", "volunteer", ["team:7", "team:8"])
+    cluster = make_server(two_teams)
+    phone = open_store("zhang3")
+    await enroll(phone, cluster, two_teams)
+    edited = phone.check_in("清洁家园", "幸福社区", day(8), day(9), scope="team:8")
+    assert (await sync(phone)).sent == 1
+    server_version = phone.get(edited)
+
+    # The admin takes team:8 away; the phone, out in the field, still has the old rules.
+    server = cluster.server
+    server.stop()
+    server.enroll(User("zhang3", "张三", "volunteer", ["team:7"]))
+    server.start()
+    phone.update(edited, {"note": FV.TEXT("补签")})
+    fresh = phone.check_in("社区网格化", "东区", day(10), day(11), scope="team:8")
+    report = await sync(phone)
+    assert report.sent == 0
+    assert {r.id for r in report.refused} == {edited, fresh}
+    assert all("team:8" in r.reason for r in report.refused), report.refused
+
+    # Only a refused record can be reverted: an unsynced one says so and stays.
+    waiting = phone.check_in("清洁家园", "幸福社区", day(12), day(13))
+    with pytest.raises(Err.InvalidInput, match="waiting to be synced"):
+        phone.revert(waiting)
+    reverted = phone.revert(edited)
+    assert reverted.is_to_server(), reverted
+    assert reverted.record == server_version
+    assert phone.get(edited) == server_version
+    assert phone.revert(fresh).is_dropped()
+    assert phone.get(fresh) is None
+    with pytest.raises(Err.NotFound):
+        phone.revert(fresh)
+    assert phone.refused() == []
+    assert phone.pending_count() == 1
+    report = await sync(phone)
+    assert (report.sent, report.refused) == (1, [])
+    assert ids(phone.list()) == {edited, waiting}
 
 
 async def test_bad_input_raises_clear_errors_and_changes_nothing(open_store):

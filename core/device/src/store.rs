@@ -4,6 +4,11 @@
 //! Every local write is one durable redb transaction holding the document, its projection and
 //! its pending mark together, so a phone killed at any moment reopens with every committed record
 //! intact and never with half of one.
+//!
+//! Before a local write commits, the role and scope rules the server will apply are checked
+//! here with the same code ([`rules`]); a write they refuse is [`StoreError::Forbidden`] and
+//! stores nothing. What the server refuses anyway (its rules changed since enrollment) can be
+//! taken back with [`DeviceStore::revert`] ([`revert`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -22,6 +27,7 @@ use fieldsync_proto::model::{self, FieldValue, Kind, Status};
 use fieldsync_proto::protocol::{Changed, Cursor, DocData, DocId, Hash, PushDoc};
 use fieldsync_proto::record::{HistoryEntry, Record, RecordError, RecordView};
 use fieldsync_proto::sync::Pending;
+pub use revert::Reverted;
 
 /// Automerge bytes of each record (a full save).
 const DOCS: TableDefinition<u128, &[u8]> = TableDefinition::new("docs");
@@ -29,7 +35,8 @@ const DOCS: TableDefinition<u128, &[u8]> = TableDefinition::new("docs");
 const VIEWS: TableDefinition<u128, &[u8]> = TableDefinition::new("views");
 /// Current local heads of each record.
 const HEADS: TableDefinition<u128, &[u8]> = TableDefinition::new("heads");
-/// Heads the server is known to hold of each record.
+/// Heads the server is known to hold of each record: a version the server has (at least), kept
+/// up to date by acknowledgements and pulls; what [`DeviceStore::revert`] goes back to.
 const SYNCED: TableDefinition<u128, &[u8]> = TableDefinition::new("synced");
 /// Records with local changes the server has not acknowledged.
 const PENDING: TableDefinition<u128, ()> = TableDefinition::new("pending");
@@ -80,6 +87,23 @@ pub enum StoreError {
     /// A check-in without a scope, for a user enrolled without any team scope.
     #[error("the enrolled user has no team scope; give the check-in a scope `team:<id>`")]
     NoTeamScope,
+    /// The enrolled role and scopes do not allow this write; the reason is the one the server
+    /// would give for it. Nothing was written.
+    #[error("{0}")]
+    Forbidden(String),
+    /// `revert` of a record the server has not refused: only a refused record can be reverted
+    /// or dropped. `pending` says whether it is waiting for a sync (else the server holds it all).
+    #[error("{}", not_refused(*.id, *.pending))]
+    NotRefused { id: Uuid, pending: bool },
+}
+
+fn not_refused(id: Uuid, pending: bool) -> String {
+    let state = if pending {
+        "it is waiting to be synced"
+    } else {
+        "the server holds all of it"
+    };
+    format!("record {id} was not refused ({state}); only a refused record can be reverted")
 }
 
 crate::impl_from_redb!(StoreError);
@@ -201,13 +225,7 @@ impl DeviceStore {
 
     pub fn enrollment(&self) -> Result<Option<EnrollmentInfo>, StoreError> {
         let tx = self.db.begin_read()?;
-        let meta = tx.open_table(META)?;
-        match meta.get(META_ENROLLMENT)? {
-            Some(v) => serde_json::from_slice(v.value())
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(format!("enrollment: {e}"))),
-            None => Ok(None),
-        }
+        enrollment_in(&tx.open_table(META)?)
     }
 
     pub fn set_enrollment(&self, info: &EnrollmentInfo) -> Result<(), StoreError> {
@@ -226,8 +244,13 @@ impl DeviceStore {
         scope: &str,
         fields: &[(String, FieldValue)],
     ) -> Result<RecordView, StoreError> {
+        let rules = self.rules()?;
         let mut record = Record::create(kind, scope, self.actor.clone(), fields, now())?;
-        self.write_local(&mut record)
+        rules::check(rules.as_ref(), &record, None)?;
+        let tx = self.db.begin_write()?;
+        let view = write_local(&tx, &mut record)?;
+        tx.commit()?;
+        Ok(view)
     }
 
     /// Records a check-in for the enrolled user as one durable write; returns its projection.
@@ -296,29 +319,41 @@ impl DeviceStore {
     }
 
     /// Edits a record as one durable write; returns its projection.
+    ///
+    /// The record is read, checked and written in one write transaction, so a sync applying
+    /// the server's changes at the same moment cannot be overwritten by an older copy.
     pub fn update(
         &self,
         id: Uuid,
         fields: &[(String, FieldValue)],
     ) -> Result<RecordView, StoreError> {
-        let mut record = self.record(id)?;
-        record.set_actor(self.actor.clone());
-        record.update(fields, now())?;
-        self.write_local(&mut record)
-    }
-
-    fn write_local(&self, record: &mut Record) -> Result<RecordView, StoreError> {
-        let view = record.view()?;
-        let key = record.id().as_u128();
         let tx = self.db.begin_write()?;
-        {
-            let bytes = record.save();
-            put_record(&tx, record, &view, &bytes)?;
-            tx.open_table(PENDING)?.insert(key, ())?;
-            tx.open_table(REFUSED)?.remove(key)?;
+        let edited = (|| {
+            let rules = enrollment_in(&tx.open_table(META)?)?
+                .map(|info| rules::device_ctx(&info, &self.actor));
+            let bytes = tx
+                .open_table(DOCS)?
+                .get(id.as_u128())?
+                .ok_or(StoreError::NotFound(id))?
+                .value()
+                .to_vec();
+            let mut record = Record::load(id, &bytes)?;
+            let before = record.values()?;
+            record.set_actor(self.actor.clone());
+            record.update(fields, now())?;
+            rules::check(rules.as_ref(), &record, Some(&before))?;
+            write_local(&tx, &mut record)
+        })();
+        match edited {
+            Ok(view) => {
+                tx.commit()?;
+                Ok(view)
+            }
+            Err(e) => {
+                tx.abort()?;
+                Err(e)
+            }
         }
-        tx.commit()?;
-        Ok(view)
     }
 
     /// Loads a record's document (for history and conflicts).
@@ -461,35 +496,62 @@ impl DeviceStore {
 
     /// For each changed document: the heads the device holds, including any of the server's
     /// heads it already has; empty if the device does not have the document.
+    ///
+    /// Where the device holds every one of the server's heads, those heads are exactly the
+    /// server's version, and are remembered as such (one durable write, only when that is news:
+    /// after an acknowledgement lost with its connection, say) so that `pending` pushes only
+    /// what the server lacks and `revert` knows what to go back to.
     pub fn local_heads(&self, changed: &[Changed]) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let heads = tx.open_table(HEADS)?;
-        let docs = tx.open_table(DOCS)?;
         let mut out = Vec::with_capacity(changed.len());
-        for c in changed {
-            let key = Uuid::from_bytes(c.id).as_u128();
-            let Some(local) = heads
-                .get(key)?
-                .map(|v| decode_hashes(v.value()))
-                .transpose()?
-            else {
-                out.push((c.id, Vec::new()));
-                continue;
-            };
-            if same_set(&local, &c.heads) {
-                out.push((c.id, local));
-                continue;
-            }
-            let mut have = local;
-            if let Some(bytes) = docs.get(key)? {
-                let doc = AutoCommit::load(bytes.value()).map_err(RecordError::from)?;
-                for h in &c.heads {
-                    if doc.get_change_by_hash(&ChangeHash(*h)).is_some() && !have.contains(h) {
-                        have.push(*h);
+        let mut learned = Vec::new();
+        {
+            let tx = self.db.begin_read()?;
+            let heads = tx.open_table(HEADS)?;
+            let docs = tx.open_table(DOCS)?;
+            let synced = tx.open_table(SYNCED)?;
+            for c in changed {
+                let key = Uuid::from_bytes(c.id).as_u128();
+                let Some(local) = heads
+                    .get(key)?
+                    .map(|v| decode_hashes(v.value()))
+                    .transpose()?
+                else {
+                    out.push((c.id, Vec::new()));
+                    continue;
+                };
+                let mut have = local;
+                let mut has_all = same_set(&have, &c.heads);
+                if !has_all && let Some(bytes) = docs.get(key)? {
+                    let doc = AutoCommit::load(bytes.value()).map_err(RecordError::from)?;
+                    has_all = true;
+                    for h in &c.heads {
+                        if doc.get_change_by_hash(&ChangeHash(*h)).is_none() {
+                            has_all = false;
+                        } else if !have.contains(h) {
+                            have.push(*h);
+                        }
                     }
                 }
+                let known = synced.get(key)?.map(|v| decode_hashes(v.value()));
+                let news = match known.transpose()? {
+                    Some(known) => !same_set(&known, &c.heads),
+                    None => true,
+                };
+                if has_all && news && !c.heads.is_empty() {
+                    learned.push((key, encode_hashes(&c.heads)));
+                }
+                out.push((c.id, have));
             }
-            out.push((c.id, have));
+        }
+        if !learned.is_empty() {
+            let tx = self.db.begin_write()?;
+            {
+                let mut synced = tx.open_table(SYNCED)?;
+                for (key, heads) in &learned {
+                    synced.insert(*key, heads.as_slice())?;
+                }
+            }
+            tx.commit()?;
         }
         Ok(out)
     }
@@ -499,17 +561,31 @@ impl DeviceStore {
         let tx = self.db.begin_write()?;
         {
             let pending = tx.open_table(PENDING)?;
+            let refused = tx.open_table(REFUSED)?;
             let mut synced = tx.open_table(SYNCED)?;
             for data in docs {
                 let id = Uuid::from_bytes(data.id);
                 let key = id.as_u128();
                 let existing = tx.open_table(DOCS)?.get(key)?.map(|v| v.value().to_vec());
                 let is_new = existing.is_none();
+                let local_changes = pending.get(key)?.is_some() || refused.get(key)?.is_some();
+                let mut server_heads = None;
                 let doc = match existing {
                     Some(bytes) => {
                         let mut doc = AutoCommit::load(&bytes).map_err(RecordError::from)?;
+                        let before = doc.get_heads();
                         doc.load_incremental(&data.bytes)
                             .map_err(RecordError::from)?;
+                        if local_changes {
+                            let added: Vec<ChangeHash> =
+                                doc.get_changes(&before).iter().map(|c| c.hash()).collect();
+                            let known = match synced.get(key)? {
+                                Some(v) => decode_hashes(v.value())?,
+                                None => Vec::new(),
+                            };
+                            server_heads =
+                                Some(revert::server_heads_after_pull(&mut doc, &known, &added)?);
+                        }
                         doc
                     }
                     None => AutoCommit::load(&data.bytes).map_err(RecordError::from)?,
@@ -529,9 +605,13 @@ impl DeviceStore {
                     record.save()
                 };
                 put_record(&tx, &mut record, &view, &bytes)?;
-                if pending.get(key)?.is_none() {
-                    let heads: Vec<Hash> = record.heads().iter().map(|h| h.0).collect();
-                    synced.insert(key, encode_hashes(&heads).as_slice())?;
+                // Without local changes the device holds just what the server sent it.
+                let server_heads = match server_heads {
+                    Some(heads) => heads,
+                    None => record.heads().iter().map(|h| h.0).collect(),
+                };
+                if !server_heads.is_empty() {
+                    synced.insert(key, encode_hashes(&server_heads).as_slice())?;
                 }
             }
             let mut table = tx.open_table(CURSORS)?;
@@ -541,6 +621,29 @@ impl DeviceStore {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// Writes a locally edited record in `tx`: pending again, and no longer refused (an edit is
+/// the way out of a refusal, and the next push says whether the server now takes it).
+fn write_local(tx: &redb::WriteTransaction, record: &mut Record) -> Result<RecordView, StoreError> {
+    let view = record.view()?;
+    let key = record.id().as_u128();
+    let bytes = record.save();
+    put_record(tx, record, &view, &bytes)?;
+    tx.open_table(PENDING)?.insert(key, ())?;
+    tx.open_table(REFUSED)?.remove(key)?;
+    Ok(view)
+}
+
+fn enrollment_in(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<EnrollmentInfo>, StoreError> {
+    match meta.get(META_ENROLLMENT)? {
+        Some(v) => serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("enrollment: {e}"))),
+        None => Ok(None),
     }
 }
 
@@ -585,169 +688,7 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+mod revert;
+mod rules;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_survive_reopen_and_pending_tracks_acknowledgement() {
-        let dir = tempfile::tempdir().unwrap();
-        let id;
-        {
-            let store = DeviceStore::open(dir.path()).unwrap();
-            let view = store
-                .create(
-                    Kind::VillageSurvey,
-                    "village:3",
-                    &[("village".into(), FieldValue::Text("石桥村".into()))],
-                )
-                .unwrap();
-            id = Uuid::parse_str(&view.id).unwrap();
-            assert_eq!(store.pending_count().unwrap(), 1);
-        }
-        let store = DeviceStore::open(dir.path()).unwrap();
-        assert_eq!(
-            store.get(id).unwrap().unwrap().text("village"),
-            Some("石桥村")
-        );
-        let pending = store.pending().unwrap();
-        assert_eq!(pending.len(), 1);
-        store
-            .acknowledge(&[(pending[0].push.id, pending[0].heads.clone())], &[])
-            .unwrap();
-        assert_eq!(store.pending_count().unwrap(), 0);
-        store
-            .update(id, &[("bus_service".into(), FieldValue::Bool(true))])
-            .unwrap();
-        let again = store.pending().unwrap();
-        let changes =
-            fieldsync_proto::protocol::split_changes(&again[0].push.changes, &Default::default())
-                .unwrap();
-        assert_eq!(changes.len(), 1, "only the unacknowledged change is pushed");
-    }
-
-    fn enroll_as(store: &DeviceStore, user: &str, scopes: &[&str]) {
-        store
-            .set_enrollment(&EnrollmentInfo {
-                server: "127.0.0.1:1".into(),
-                fingerprint: "00".repeat(32),
-                device_id: store.device_id(),
-                user_id: user.into(),
-                user_name: format!("name of {user}"),
-                role: Role::Volunteer,
-                scopes: scopes.iter().map(|s| s.parse().unwrap()).collect(),
-            })
-            .unwrap();
-    }
-
-    fn form(start: &str, end: Option<&str>) -> CheckInForm {
-        CheckInForm {
-            activity: "清洁家园".into(),
-            place: "幸福社区".into(),
-            started_at: start.into(),
-            ended_at: end.map(str::to_string),
-            ..CheckInForm::default()
-        }
-    }
-
-    #[test]
-    fn check_in_takes_volunteer_team_and_status_from_the_enrollment() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DeviceStore::open(dir.path()).unwrap();
-        let at = "2026-11-28T08:00:00+08:00";
-        assert!(matches!(
-            store.check_in(&form(at, None)),
-            Err(StoreError::NotEnrolled)
-        ));
-        enroll_as(&store, "zhang3", &["village:1", "team:7", "team:8"]);
-        let view = store
-            .check_in(&CheckInForm {
-                lat: Some(28.2),
-                note: Some("带了扫帚".into()),
-                ..form(at, Some("2026-11-28T10:30:00+08:00"))
-            })
-            .unwrap();
-        assert_eq!(view.scope, "team:7", "the first team scope");
-        assert_eq!(view.text("volunteer_id"), Some("zhang3"));
-        assert_eq!(view.text("volunteer_name"), Some("name of zhang3"));
-        assert_eq!(view.text("team"), Some("7"));
-        assert_eq!(view.text("status"), Some("submitted"));
-        assert_eq!(view.field("hours"), Some(&FieldValue::Number(2.5)));
-        assert_eq!(view.field("lat"), Some(&FieldValue::Number(28.2)));
-        assert!(view.field("lon").is_none());
-        assert!(view.text("device_time").is_some());
-        let other = store
-            .check_in(&CheckInForm {
-                scope: Some("team:8".into()),
-                ..form(at, None)
-            })
-            .unwrap();
-        assert_eq!(other.text("team"), Some("8"));
-        assert!(matches!(
-            store.check_in(&form("yesterday", None)),
-            Err(StoreError::Record(RecordError::Invalid(_)))
-        ));
-        enroll_as(&store, "li4", &["village:1"]);
-        assert!(matches!(
-            store.check_in(&form(at, None)),
-            Err(StoreError::NoTeamScope)
-        ));
-    }
-
-    #[test]
-    fn my_hours_sums_the_enrolled_users_check_ins_by_status() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DeviceStore::open(dir.path()).unwrap();
-        assert!(matches!(store.my_hours(), Err(StoreError::NotEnrolled)));
-        enroll_as(&store, "zhang3", &["team:7"]);
-        let day = |h: u32| format!("2026-11-28T{h:02}:00:00+08:00");
-        let a = store.check_in(&form(&day(8), Some(&day(10)))).unwrap();
-        store.check_in(&form(&day(8), Some(&day(9)))).unwrap();
-        let c = store.check_in(&form(&day(13), Some(&day(16)))).unwrap();
-        store.check_in(&form(&day(17), None)).unwrap();
-        // Someone else's check-in on the same device (a shared phone, or synced from the team).
-        store
-            .create(
-                Kind::CheckIn,
-                "team:7",
-                &[
-                    ("volunteer_id".into(), FieldValue::Text("wang5".into())),
-                    ("activity".into(), FieldValue::Text("a".into())),
-                    ("place".into(), FieldValue::Text("p".into())),
-                    ("started_at".into(), FieldValue::Text(day(8))),
-                    ("ended_at".into(), FieldValue::Text(day(20))),
-                    ("status".into(), FieldValue::Text("confirmed".into())),
-                ],
-            )
-            .unwrap();
-        let status = |s: &str| [("status".to_string(), FieldValue::Text(s.into()))];
-        store
-            .update(Uuid::parse_str(&a.id).unwrap(), &status("confirmed"))
-            .unwrap();
-        store
-            .update(Uuid::parse_str(&c.id).unwrap(), &status("rejected"))
-            .unwrap();
-        assert_eq!(
-            store.my_hours().unwrap(),
-            HoursSummary {
-                confirmed_hours: 2.0,
-                submitted_hours: 1.0,
-                rejected_hours: 3.0,
-                confirmed: 1,
-                submitted: 1,
-                rejected: 1,
-                open: 1,
-            }
-        );
-    }
-
-    #[test]
-    fn a_second_open_of_the_same_store_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let _first = DeviceStore::open(dir.path()).unwrap();
-        assert!(matches!(
-            DeviceStore::open(dir.path()),
-            Err(StoreError::InUse(_))
-        ));
-    }
-}
+mod tests;

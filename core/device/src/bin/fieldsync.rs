@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fieldsync_device::client;
-use fieldsync_device::store::{CheckInForm, DeviceStore};
+use fieldsync_device::store::{CheckInForm, DeviceStore, Reverted, StoreError};
 use fieldsync_proto::model::{self, FieldValue, Kind};
 use fieldsync_proto::record::RecordView;
 use fieldsync_proto::scope::{self, Scope};
@@ -94,6 +94,9 @@ enum Command {
         #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
         deadline: std::time::Duration,
     },
+    /// Take back what the server refused of a record: back to the server's version, or, for a
+    /// record the server never had, drop it. Only refused records (see `status`).
+    Revert { id: Uuid },
     /// Pending and refused records, and the enrollment.
     Status {
         #[arg(long)]
@@ -148,7 +151,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 note,
                 scope: scope.map(String::from),
             };
-            let view = store.check_in(&form).map_err(|e| err(&e))?;
+            let view = store.check_in(&form).map_err(write_err)?;
             println!("{}", view.id);
         }
         Command::New {
@@ -160,7 +163,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let fields = parse_fields(kind, &fields)?;
             let view = store
                 .create(kind, scope.as_str(), &fields)
-                .map_err(|e| err(&e))?;
+                .map_err(write_err)?;
             println!("{}", view.id);
         }
         Command::Set { id, fields } => {
@@ -169,7 +172,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| err(&e))?
                 .ok_or(format!("no record {id}"))?;
             let fields = parse_fields(view.kind, &fields)?;
-            let view = store.update(id, &fields).map_err(|e| err(&e))?;
+            let view = store.update(id, &fields).map_err(write_err)?;
             println!("{}", view.id);
         }
         Command::Show { id, json } => {
@@ -217,12 +220,17 @@ fn run(cli: Cli) -> Result<(), String> {
                 for (id, reason) in &report.refused {
                     eprintln!("refused {id}: {reason}");
                 }
+                eprintln!("edit a refused record, or take it back with `fieldsync revert ID`");
                 return Err(format!(
                     "the server refused {} record(s)",
                     report.refused.len()
                 ));
             }
         }
+        Command::Revert { id } => match store.revert(id).map_err(|e| err(&e))? {
+            Reverted::ToServer(_) => println!("reverted {id} to the server's version"),
+            Reverted::Dropped => println!("dropped {id}: the server never had it"),
+        },
         Command::Status { json } => {
             let pending = store.pending_count().map_err(|e| err(&e))?;
             let refused: Vec<serde_json::Value> = store
@@ -246,10 +254,25 @@ fn run(cli: Cli) -> Result<(), String> {
                     store.device_id(),
                     refused.len()
                 );
+                for r in &refused {
+                    let field = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                    println!("refused {}: {}", field("id"), field("reason"));
+                }
             }
         }
     }
     Ok(())
+}
+
+/// A local write's error for the person at the command line: a rule's refusal says so and
+/// that nothing was stored.
+fn write_err(e: StoreError) -> String {
+    match e {
+        StoreError::Forbidden(reason) => {
+            format!("not allowed for this device's role and scopes: {reason}; nothing was stored")
+        }
+        other => other.to_string(),
+    }
 }
 
 fn parse_fields(kind: Kind, pairs: &[String]) -> Result<Vec<(String, FieldValue)>, String> {

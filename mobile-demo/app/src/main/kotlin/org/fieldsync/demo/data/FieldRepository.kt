@@ -13,6 +13,7 @@ import org.fieldsync.FieldValue
 import org.fieldsync.HistoryEntry
 import org.fieldsync.HoursSummary
 import org.fieldsync.Refusal
+import org.fieldsync.Reverted
 import org.fieldsync.SyncProgress
 import org.fieldsync.SyncProgressListener
 import org.fieldsync.SyncReport
@@ -122,6 +123,9 @@ class FieldRepository(
     suspend fun pendingCount(): Long = withContext(io) { store.pendingCount().toLong() }
 
     suspend fun refused(): List<Refusal> = withContext(io) { store.refused() }
+
+    /** Takes back what the server refused of [id]: its version of the record, or the record dropped. */
+    suspend fun revert(id: String): Reverted = withContext(io) { store.revert(id) }
 
     /**
      * The store's background sync: rounds when asked, one at a time, lost connections retried on

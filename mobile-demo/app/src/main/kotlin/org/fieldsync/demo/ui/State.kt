@@ -58,6 +58,15 @@ fun userMessage(e: FieldSyncException): String = when (e) {
     is FieldSyncException.Storage -> syncFailureMessage(SyncFailure.STORAGE, e.message ?: "")
 }
 
+/**
+ * What the screen says when saving a record fails. `Refused` here is the phone itself applying
+ * the role and scope rules the server applies (with the server's reason): nothing was saved.
+ */
+fun writeMessage(e: FieldSyncException): String = when (e) {
+    is FieldSyncException.Refused -> "Not allowed for your role and teams: ${e.message}. Nothing was saved."
+    else -> userMessage(e)
+}
+
 /** What the sync status line says when the background sync stopped trying, by what to do. */
 fun syncFailureMessage(kind: SyncFailure, reason: String): String = when (kind) {
     SyncFailure.UNAUTHORIZED ->

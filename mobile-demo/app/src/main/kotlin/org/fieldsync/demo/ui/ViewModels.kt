@@ -14,6 +14,7 @@ import org.fieldsync.FieldType
 import org.fieldsync.FieldValue
 import org.fieldsync.HoursSummary
 import org.fieldsync.Refusal
+import org.fieldsync.Reverted
 import org.fieldsync.SyncFailure
 import org.fieldsync.SyncProgress
 import org.fieldsync.SyncReport
@@ -95,7 +96,7 @@ class CheckInViewModel(
             form.set(Form())
             notice.set(Notice("Checked in. It syncs with the next connection."))
         } catch (e: FieldSyncException) {
-            notice.set(Notice(userMessage(e), error = true))
+            notice.set(Notice(writeMessage(e), error = true))
         }
     }
 }
@@ -141,7 +142,7 @@ class MyRecordsViewModel(
             rows.set(repo.myCheckIns().map(::row))
             hours.set(repo.myHours())
         } catch (e: FieldSyncException) {
-            notice.set(Notice(userMessage(e), error = true))
+            notice.set(Notice(writeMessage(e), error = true))
         }
     }
 
@@ -210,7 +211,7 @@ class VillageViewModel(private val repo: FieldRepository, private val scope: Cor
         try {
             notice.set(Notice(action()))
         } catch (e: FieldSyncException) {
-            notice.set(Notice(userMessage(e), error = true))
+            notice.set(Notice(writeMessage(e), error = true))
         }
         reload()
     }
@@ -267,6 +268,8 @@ class SyncViewModel(
     val status = State<Status>(Status.Idle(null))
     val pending = State(0L)
     val refused = State<List<Refusal>>(emptyList())
+    /** What the last [revert] did, or why it could not. */
+    val notice = State<Notice?>(null)
 
     private val background = repo.backgroundSync(options) { state ->
         status.set(statusOf(state))
@@ -297,6 +300,25 @@ class SyncViewModel(
         pending.set(repo.pendingCount())
         refused.set(repo.refused())
         outcome
+    }
+
+    /**
+     * "Take back" on a refused record (the server's rules changed since the phone recorded it):
+     * the record returns to the version the server holds, or, if the server never had it, is
+     * dropped. The other way out is editing it so the rules allow it.
+     */
+    fun revert(id: String): Job = scope.launch {
+        try {
+            val text = when (repo.revert(id)) {
+                is Reverted.ToServer -> "Back to the server's version; the refused changes are gone."
+                is Reverted.Dropped -> "Dropped: the server never had this record."
+            }
+            notice.set(Notice(text))
+        } catch (e: FieldSyncException) {
+            notice.set(Notice(userMessage(e), error = true))
+        }
+        pending.set(repo.pendingCount())
+        refused.set(repo.refused())
     }
 
     /** The app goes away (Android: `onCleared`): no more rounds, a running one is cut off. */

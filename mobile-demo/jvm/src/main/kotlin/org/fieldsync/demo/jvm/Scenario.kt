@@ -21,7 +21,8 @@ import org.fieldsync.testing.ServerProcess
 import org.fieldsync.testing.ServerUser
 
 /**
- * The scripted scenario: a server, three phones, a day without signal, and the merged result.
+ * The scripted scenario: a server, three phones, a day without signal, and the merged result;
+ * then lost phones, and a volunteer whose team is taken away while the phone is out.
  *
  * It drives the same view models the terminal menu (or an Android UI) drives, prints what each
  * phone's screens would show, and checks the outcome; the last line is
@@ -31,7 +32,8 @@ class Scenario(private val workDir: File) {
     private val volunteer = ServerUser("zhang3", "张三", "volunteer", listOf("team:7"))
     private val villageA = ServerUser("li4", "李四", "village", listOf("village:3"))
     private val villageB = ServerUser("chen7", "陈七", "village", listOf("village:3"))
-    private val newcomer = ServerUser("wang5", "王五", "volunteer", listOf("team:7"))
+    // Two teams at first; the office takes team:8 away in section 9.
+    private val newcomer = ServerUser("wang5", "王五", "volunteer", listOf("team:8", "team:7"))
 
     private var passed = 0
     private val failures = mutableListOf<String>()
@@ -74,6 +76,7 @@ class Scenario(private val workDir: File) {
         try {
             story(server, codes, zhang3, li4, chen7)
             lostPhones(server, codes, zhang3, wang5)
+            rules(server, wang5)
         } finally {
             phones.forEach { it.close() }
             server.stop()
@@ -285,6 +288,63 @@ class Scenario(private val workDir: File) {
         wang5.app.enrollment.enroll(server.address, server.fingerprint, codes.getValue(wang5.owner.id)).join()
         wang5.say(wang5.app.enrollment.notice.value?.text ?: "")
         check("with the right fingerprint 王五's phone enrolls", wang5.app.enrollment.enrollment.value != null)
+        server.stop()
+    }
+
+    /**
+     * 9. The rules on the phone, and the way out of a refusal. 王五's phone refuses at once what
+     * a volunteer may not write. Then the office takes team:8 away while the phone still has the
+     * old rules: what it records there is refused at the next sync, and 王五 takes it back.
+     */
+    private suspend fun rules(server: ServerProcess, wang5: Phone) {
+        section("9. 王五's phone knows the rules; team:8 is taken away, and a refused record is taken back")
+        server.start()
+        val village = wang5.app.village
+        village.createSurvey("village:3", "大坪村").join()
+        val refusedAtOnce = village.notice.value
+        wang5.say(refusedAtOnce?.text ?: "")
+        check("a volunteer's survey is refused on the phone with the server's reason, nothing saved",
+            refusedAtOnce != null && refusedAtOnce.error &&
+                refusedAtOnce.text.contains("a volunteer may not write village_survey records") &&
+                village.surveys.value.isEmpty() && wang5.app.sync.pending.value == 0L)
+
+        val checkIn = wang5.app.checkIn
+        minuteOfDay = 8 * 60
+        checkIn.edit { it.copy(activity = "社区网格化", place = "东区") }
+        checkIn.submit().join()
+        val kept = checkIn.saved.value ?: ""
+        syncAndShow(wang5)
+        val serverVersion = wang5.app.repo.record(kept)
+
+        server.stop()
+        server.enroll(ServerUser("wang5", "王五", "volunteer", listOf("team:7")))
+        server.start()
+        println("   (the office takes team:8 away from 王五; the phone is out of signal and still has the old rules)")
+        minuteOfDay = 9 * 60 + 30
+        wang5.app.myRecords.refresh().join()
+        wang5.app.myRecords.checkOut(kept).join()
+        wang5.say("${wang5.app.myRecords.notice.value?.text} (08:00–09:30, team:8)")
+        checkIn.edit { it.copy(activity = "清洁家园", place = "东区") }
+        checkIn.submit().join()
+        val fresh = checkIn.saved.value ?: ""
+        wang5.say(checkIn.notice.value?.text ?: "")
+        val outcome = syncAndShow(wang5)
+        val refused = wang5.app.sync.refused.value
+        refused.forEach { wang5.say("refused ${it.id.take(8)}…: ${it.reason}") }
+        check("the server refuses both team:8 records, saying why",
+            (outcome as? SyncViewModel.Status.Idle)?.last?.sent == 0uL &&
+                refused.map { it.id }.toSet() == setOf(kept, fresh) && refused.all { it.reason.contains("team:8") })
+
+        for (r in refused) {
+            wang5.app.sync.revert(r.id).join()
+            wang5.say("take back ${r.id.take(8)}…: ${wang5.app.sync.notice.value?.text}")
+        }
+        check("the check-out goes back to the server's version, the new check-in is dropped",
+            wang5.app.repo.record(kept) == serverVersion && wang5.app.repo.record(fresh) == null &&
+                wang5.app.sync.refused.value.isEmpty() && wang5.app.sync.pending.value == 0L)
+        val clean = syncAndShow(wang5)
+        check("the next sync is clean",
+            (clean as? SyncViewModel.Status.Idle)?.last.let { it != null && it.sent == 0uL && it.refused.isEmpty() })
         server.stop()
     }
 

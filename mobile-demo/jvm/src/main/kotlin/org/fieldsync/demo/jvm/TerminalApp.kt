@@ -64,7 +64,7 @@ class TerminalApp(private val repo: FieldRepository, private val input: Buffered
             println(" 1 check in               2 check out            3 my check-ins and hours")
             println(" 4 village surveys        5 edit a survey field  6 record a household visit")
             println(" 7 sync now               8 enroll this phone    9 history of a record")
-            println(" 0 quit")
+            println(" r take back a refused record                   0 quit")
             when (ask(">") ?: return) {
                 "1" -> checkIn()
                 "2" -> checkOut()
@@ -75,6 +75,7 @@ class TerminalApp(private val repo: FieldRepository, private val input: Buffered
                 "7" -> sync()
                 "8" -> enroll()
                 "9" -> history()
+                "r" -> takeBack()
                 "0", "q" -> return
                 else -> println("? choose a number from the menu")
             }
@@ -202,6 +203,16 @@ class TerminalApp(private val repo: FieldRepository, private val input: Buffered
             is SyncViewModel.Status.Failed -> println("! ${outcome.message}")
             is SyncViewModel.Status.Running -> {}
         }
+    }
+
+    private suspend fun takeBack() {
+        app.sync.refresh().join()
+        val refused = app.sync.refused.value
+        if (refused.isEmpty()) return println("  nothing refused")
+        refused.forEachIndexed { i, r -> println("  ${i + 1}) ${r.id}: ${r.reason}") }
+        val pick = ask("which")?.toIntOrNull()?.let { refused.getOrNull(it - 1) } ?: return println("? no such row")
+        app.sync.revert(pick.id).join()
+        show(app.sync.notice)
     }
 
     private suspend fun enroll() {
