@@ -133,6 +133,9 @@ pub struct Metrics {
     pub rounds: AtomicU64,
     pub records_accepted: AtomicU64,
     pub records_refused: AtomicU64,
+    /// Pushed records put off because of the server's own trouble with them (each round
+    /// they are pushed again counts again): anything above zero wants an operator's look.
+    pub records_deferred: AtomicU64,
     pub commits: AtomicU64,
     pub commit_micros_total: AtomicU64,
 }
@@ -150,6 +153,7 @@ impl Metrics {
             match r.outcome {
                 Outcome::Accepted { .. } => self.records_accepted.fetch_add(1, Ordering::Relaxed),
                 Outcome::Refused { .. } => self.records_refused.fetch_add(1, Ordering::Relaxed),
+                Outcome::Deferred { .. } => self.records_deferred.fetch_add(1, Ordering::Relaxed),
             };
         }
     }
