@@ -20,6 +20,7 @@ use fieldsync_proto::sync::{ServerEffect, ServerExchange, ServerInput, StorageFa
 use tokio::sync::{Semaphore, watch};
 
 use crate::Metrics;
+use crate::inflight::{Exchange, Inflight};
 use crate::store::{Committer, ServerStore, StoreError};
 
 /// Everything a connection needs, shared by all of them.
@@ -34,6 +35,8 @@ pub struct Shared {
     /// writes under one fixed actor, so two changes built from the same stored version would
     /// both claim that actor's next sequence number and the second would be refused.
     pub office_changes: Mutex<()>,
+    /// Exchanges from their request read until their reply reached the device.
+    pub inflight: Inflight,
 }
 
 impl Shared {
@@ -52,6 +55,7 @@ impl Shared {
             rounds: Mutex::new(HashMap::new()),
             enroll_failures: Mutex::new(HashMap::new()),
             office_changes: Mutex::new(()),
+            inflight: Inflight::default(),
         }
     }
 
@@ -184,23 +188,22 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
         conn.close(close::UNAUTHORIZED.into(), b"no device certificate");
         return;
     };
-    let ctx = match shared.store.device_ctx(&device_id) {
-        Ok(ctx) => ctx,
+    let mut ctx = match look_up(&shared, &device_id) {
+        Ok(Lookup::Enrolled(ctx)) => Some(ctx),
+        Ok(Lookup::Unknown) => None,
+        Ok(Lookup::Revoked) => {
+            tracing::info!(device = %device_id, "revoked device refused");
+            conn.close(close::UNAUTHORIZED.into(), b"this device has been revoked");
+            return;
+        }
         Err(e) => {
-            tracing::error!(error = %e, "device lookup failed");
-            conn.close(close::UNAUTHORIZED.into(), b"server error");
+            server_error(&conn, &device_id, &e);
             return;
         }
     };
-    if ctx.is_none() && shared.store.device_known(&device_id).unwrap_or(false) {
-        tracing::info!(device = %device_id, "revoked device refused");
-        conn.close(close::UNAUTHORIZED.into(), b"this device has been revoked");
-        return;
-    }
-    let mut ctx = ctx;
     let remote_ip = conn.remote_address().ip();
     loop {
-        let (mut send, mut recv) = match conn.accept_bi().await {
+        let (send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(_) => return,
         };
@@ -213,6 +216,7 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
             conn.close(close::DONE.into(), b"request timed out");
             return;
         };
+        let exchange = shared.inflight.enter();
         let reply = match (request, &ctx) {
             (Err(e), _) => {
                 tracing::info!(device = %device_id, error = %e, "bad request");
@@ -233,9 +237,13 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
             (Ok(ClientMsg::Enroll { version, code }), _) => {
                 let reply = enroll(&shared, &device_id, version, &code).await;
                 match reply {
-                    ServerMsg::Enrolled(_) => {
-                        ctx = shared.store.device_ctx(&device_id).ok().flatten()
-                    }
+                    ServerMsg::Enrolled(_) => match shared.store.device_ctx(&device_id) {
+                        Ok(found) => ctx = found,
+                        Err(e) => {
+                            server_error(&conn, &device_id, &e);
+                            return;
+                        }
+                    },
                     ServerMsg::Error {
                         code: ErrorCode::BadCode,
                         ..
@@ -274,17 +282,65 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
                 reply
             }
         };
-        let frame = match protocol::encode_frame(&reply) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode reply");
-                return;
-            }
-        };
-        if send.write_all(&frame).await.is_err() || send.finish().is_err() {
+        if !send_reply(send, &reply, exchange).await {
             return;
         }
     }
+}
+
+/// Who a connecting device is, as the server's tables say.
+enum Lookup {
+    /// Enrolled and not revoked.
+    Enrolled(DeviceCtx),
+    /// Never enrolled (or its user is gone): it may only send `Enroll`.
+    Unknown,
+    /// Enrolled once, revoked since.
+    Revoked,
+}
+
+/// Looks the device up; a storage error stays an error, never "unknown".
+fn look_up(shared: &Shared, device_id: &str) -> Result<Lookup, StoreError> {
+    if let Some(ctx) = shared.store.device_ctx(device_id)? {
+        return Ok(Lookup::Enrolled(ctx));
+    }
+    Ok(if shared.store.device_known(device_id)? {
+        Lookup::Revoked
+    } else {
+        Lookup::Unknown
+    })
+}
+
+/// Closes a connection whose device could not be looked up: the server's trouble, which the
+/// device retries ([`close::SERVER_ERROR`]), never UNAUTHORIZED (which apps show as "enroll
+/// again").
+fn server_error(conn: &quinn::Connection, device_id: &str, e: &StoreError) {
+    tracing::error!(device = %device_id, error = %e, "device lookup failed");
+    conn.close(close::SERVER_ERROR.into(), b"server error; try again later");
+}
+
+/// How long a reply's delivery is waited for (off the connection's loop) before its exchange
+/// no longer counts as in flight.
+const REPLY_DELIVERY: Duration = Duration::from_secs(3);
+
+/// Writes one reply; whether the stream took it. The exchange stays in flight until the
+/// device has acknowledged the whole reply (or [`REPLY_DELIVERY`] passed), waited for on a
+/// task of its own so the connection's next request is not held up.
+async fn send_reply(mut send: quinn::SendStream, reply: &ServerMsg, exchange: Exchange) -> bool {
+    let frame = match protocol::encode_frame(reply) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode reply");
+            return false;
+        }
+    };
+    if send.write_all(&frame).await.is_err() || send.finish().is_err() {
+        return false;
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REPLY_DELIVERY, send.stopped()).await;
+        drop(exchange);
+    });
+    true
 }
 
 /// Answers one request of an enrolled device by driving the proto crate's exchange: merges and

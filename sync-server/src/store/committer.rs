@@ -160,11 +160,13 @@ impl CommitThread {
             }
             Err(e) => {
                 tracing::error!(error = %e, rounds = batch.len(), "commit failed; nothing acknowledged");
-                if e.needs_reopen() {
-                    self.fatal.send_replace(Some(e.to_string()));
-                }
+                // The rounds hear first: a fatal failure stops the server, and their replies
+                // are waited for only once they are on their way.
                 for job in batch {
                     let _ = job.reply.send(Err(e.to_string()));
+                }
+                if e.needs_reopen() {
+                    self.fatal.send_replace(Some(e.to_string()));
                 }
             }
         }
