@@ -329,3 +329,89 @@ async fn the_rounds_caught_in_a_fatal_failure_get_the_storage_error() {
         assert!(phone.store.refused().unwrap().is_empty());
     }
 }
+
+/// Replaces record `id`'s stored document in the server's redb with `bytes` (the server
+/// stopped); returns what was there.
+fn swap_document(disk: &FlakyDisk, id: &str, bytes: &[u8]) -> Vec<u8> {
+    let docs = redb::TableDefinition::<u128, &[u8]>::new("docs");
+    let key = uuid::Uuid::parse_str(id).unwrap().as_u128();
+    let db = redb::Database::builder()
+        .create_with_backend(disk.clone())
+        .unwrap();
+    let tx = db.begin_write().unwrap();
+    let old = {
+        let mut table = tx.open_table(docs).unwrap();
+        let old = table.get(key).unwrap().unwrap().value().to_vec();
+        table.insert(key, bytes).unwrap();
+        old
+    };
+    tx.commit().unwrap();
+    old
+}
+
+/// A stored document the server cannot load is the server's trouble: that record is deferred
+/// (kept pending on the phone, not refused), the others of the round land, and it lands too
+/// once the document is mended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_stored_document_defers_its_record_and_keeps_it_pending() {
+    let Rig {
+        disk,
+        identity,
+        store,
+        server,
+        phone,
+        _tmp,
+    } = Rig::start().await;
+    let addr = server.addr;
+    let damaged = phone.check_in("team:1", "早班");
+    assert_eq!(phone.sync().await.unwrap().sent, 1);
+    phone.set(&damaged, &[("note", fieldsync_tests::text("改了"))]);
+    let fresh = phone.check_in("team:1", "晚班");
+    server.stop().await;
+    drop(store);
+    let good = swap_document(&disk, &damaged, b"not an automerge document");
+
+    let store = ServerStore::open_backend(disk.clone()).unwrap();
+    let server =
+        fieldsync_server::start_store(store.clone(), &identity, addr, Limits::default()).unwrap();
+    let report = phone.sync().await.expect("the round itself succeeds");
+    assert_eq!(report.sent, 1, "{report:?}");
+    assert!(report.refused.is_empty(), "{report:?}");
+    assert_eq!(report.deferred.len(), 1, "{report:?}");
+    assert_eq!(report.deferred[0].0.to_string(), damaged);
+    assert!(report.deferred[0].1.contains("unreadable"), "{report:?}");
+    assert_eq!(
+        phone.store.pending_count().unwrap(),
+        1,
+        "the damaged one stays pending"
+    );
+    assert!(
+        phone.store.refused().unwrap().is_empty(),
+        "and is not refused"
+    );
+    assert!(held_ids(&store).contains(&fresh), "the other record landed");
+    let deferred = server
+        .metrics
+        .records_deferred
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(deferred, 1);
+    // Pushed again next round, deferred again while the copy stays damaged.
+    let again = phone.sync().await.unwrap();
+    assert_eq!((again.sent, again.deferred.len()), (0, 1), "{again:?}");
+    server.stop().await;
+    drop(store);
+
+    swap_document(&disk, &damaged, &good);
+    let store = ServerStore::open_backend(disk.clone()).unwrap();
+    let server =
+        fieldsync_server::start_store(store.clone(), &identity, addr, Limits::default()).unwrap();
+    let report = phone.sync().await.unwrap();
+    assert_eq!((report.sent, report.deferred.len()), (1, 0), "{report:?}");
+    assert_eq!(phone.store.pending_count().unwrap(), 0);
+    let view = store
+        .record_view(uuid::Uuid::parse_str(&damaged).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.fields["note"], fieldsync_tests::text("改了"));
+    server.stop().await;
+}
