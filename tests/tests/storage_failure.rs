@@ -26,6 +26,22 @@ struct FlakyDisk {
     fail: Arc<AtomicBool>,
 }
 
+impl FlakyDisk {
+    /// Waits until no database holds this disk any more but the caller: a stopped server's
+    /// commit thread lets go of its store a moment after `stop` returns, and two databases on
+    /// one disk would corrupt it.
+    async fn released(&self) {
+        let started = std::time::Instant::now();
+        while Arc::strong_count(&self.bytes) > 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the stopped server still holds its store"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 fn io_error(what: &str) -> std::io::Error {
     std::io::Error::other(format!("injected failure: {what}"))
 }
@@ -198,6 +214,7 @@ async fn failed_commits_acknowledge_nothing_and_lose_nothing() {
     // The disk recovers, the server restarts on what the disk holds.
     server.stop().await;
     drop(store);
+    disk.released().await;
     disk.fail.store(false, Ordering::SeqCst);
     let store = ServerStore::open_backend(disk.clone()).unwrap();
     let held = held_ids(&store);
@@ -235,6 +252,7 @@ async fn a_device_lookup_that_fails_is_server_trouble_not_unauthorized() {
     phone.check_in("team:1", "早班");
     server.stop().await;
     drop(store);
+    disk.released().await;
 
     // Damage the device's entry straight in the server's redb, keeping the good bytes.
     let devices = redb::TableDefinition::<&str, &[u8]>::new("devices");
@@ -272,6 +290,7 @@ async fn a_device_lookup_that_fails_is_server_trouble_not_unauthorized() {
     assert!(phone.store.enrollment().unwrap().is_some());
     server.stop().await;
     drop(store);
+    disk.released().await;
 
     // Mended: the same phone, not enrolled again, syncs what waited.
     {
@@ -369,6 +388,7 @@ async fn an_unreadable_stored_document_defers_its_record_and_keeps_it_pending() 
     let fresh = phone.check_in("team:1", "晚班");
     server.stop().await;
     drop(store);
+    disk.released().await;
     let good = swap_document(&disk, &damaged, b"not an automerge document");
 
     let store = ServerStore::open_backend(disk.clone()).unwrap();
@@ -400,6 +420,7 @@ async fn an_unreadable_stored_document_defers_its_record_and_keeps_it_pending() 
     assert_eq!((again.sent, again.deferred.len()), (0, 1), "{again:?}");
     server.stop().await;
     drop(store);
+    disk.released().await;
 
     swap_document(&disk, &damaged, &good);
     let store = ServerStore::open_backend(disk.clone()).unwrap();

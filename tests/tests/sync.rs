@@ -274,11 +274,12 @@ async fn rounds_beyond_the_per_minute_limit_are_refused_and_change_nothing() {
     }
     let id = v1.check_in("team:1", "清洁家园");
     match v1.sync().await {
-        Err(fieldsync_device::client::ClientError::Refused { code, message }) => {
+        // "Later", not "no": the retry class, the record neither refused nor acknowledged.
+        Err(fieldsync_device::client::ClientError::Unavailable { code, message }) => {
             assert_eq!(code, fieldsync_proto::protocol::ErrorCode::RateLimited);
             assert!(message.contains("minute"), "{message}");
         }
-        other => panic!("expected a rate-limit refusal, got {other:?}"),
+        other => panic!("expected a rate limit (retry), got {other:?}"),
     }
     assert_eq!(v1.store.pending_count().unwrap(), 1);
     assert!(!server.records().contains_key(&id));
@@ -358,13 +359,13 @@ async fn guessing_enrollment_codes_is_cut_off() {
     }
     // Even the right code is not looked at once the address has failed too often.
     match client::enroll(&phone.store, &addr, &fp, &good).await {
-        Err(ClientError::Refused {
+        Err(ClientError::Unavailable {
             code: ErrorCode::RateLimited,
             message,
         }) => {
             assert!(message.contains("enrollment"), "{message}")
         }
-        other => panic!("expected a rate-limit refusal, got {other:?}"),
+        other => panic!("expected a rate limit (retry), got {other:?}"),
     }
     assert!(phone.store.enrollment().unwrap().is_none());
     assert!(server.dir.store.devices().unwrap().is_empty());
