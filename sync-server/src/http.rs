@@ -635,6 +635,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
             "Pushed records refused.",
             &m.records_refused,
         ),
+        (
+            "fieldsync_records_deferred_total",
+            "counter",
+            "Pushed records deferred because of the server's own trouble with them (kept pending on the phone).",
+            &m.records_deferred,
+        ),
     ];
     let mut out = String::new();
     for (name, kind, help, value) in counters {

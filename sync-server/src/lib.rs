@@ -10,6 +10,7 @@ pub mod auth;
 pub mod enrollment;
 pub mod export;
 pub mod http;
+pub mod inflight;
 pub mod office;
 pub mod oplog;
 pub mod session;
@@ -137,6 +138,9 @@ pub struct Metrics {
     pub rounds: AtomicU64,
     pub records_accepted: AtomicU64,
     pub records_refused: AtomicU64,
+    /// Pushed records put off because of the server's own trouble with them (each round
+    /// they are pushed again counts again): anything above zero wants an operator's look.
+    pub records_deferred: AtomicU64,
     pub commits: AtomicU64,
     pub commit_micros_total: AtomicU64,
 }
@@ -159,6 +163,7 @@ impl Metrics {
             match r.outcome {
                 Outcome::Accepted { .. } => self.records_accepted.fetch_add(1, Ordering::Relaxed),
                 Outcome::Refused { .. } => self.records_refused.fetch_add(1, Ordering::Relaxed),
+                Outcome::Deferred { .. } => self.records_deferred.fetch_add(1, Ordering::Relaxed),
             };
         }
     }
@@ -200,6 +205,9 @@ fn socket2_buffers(socket: std::net::UdpSocket) -> std::net::UdpSocket {
     sock.into()
 }
 
+/// How long [`Running::storage_failed`] waits for the replies in flight to reach their devices.
+pub const REPLY_DRAIN: Duration = Duration::from_secs(5);
+
 /// A running server: its bound addresses and a handle to stop it.
 pub struct Running {
     pub addr: SocketAddr,
@@ -215,11 +223,28 @@ pub struct Running {
 
 impl Running {
     /// Waits until storage fails in a way only a restart mends; returns what failed.
+    ///
+    /// Returns once the replies of the exchanges in flight (the rounds caught in the failed
+    /// commit among them) have reached their devices, or [`REPLY_DRAIN`] has passed, so a
+    /// caller that then stops the server does not cut those storage errors off with "server
+    /// shutting down".
     pub async fn storage_failed(&mut self) -> String {
-        match self.fatal.wait_for(Option::is_some).await {
-            Ok(failure) => failure.clone().unwrap_or_default(),
+        let failure = match self.fatal.wait_for(Option::is_some).await {
+            Ok(failure) => failure.clone(),
+            Err(_) => None,
+        };
+        match failure {
+            Some(failure) => {
+                if !self.shared.inflight.drained(REPLY_DRAIN).await {
+                    tracing::warn!(
+                        exchanges = self.shared.inflight.count(),
+                        "replies still in flight when stopping for the storage failure"
+                    );
+                }
+                failure
+            }
             // The server is gone; nothing more will fail.
-            Err(_) => std::future::pending().await,
+            None => std::future::pending().await,
         }
     }
 

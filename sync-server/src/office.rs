@@ -181,6 +181,8 @@ fn change(
             .record_view(id)?
             .ok_or(OfficeError::NotFound(id)),
         Some(Outcome::Refused { reason }) => Err(OfficeError::Invalid(reason)),
+        // The server's own copy is in trouble: a server error, not the staff member's input.
+        Some(Outcome::Deferred { reason }) => Err(StoreError::Corrupt(reason).into()),
         None => Err(StoreError::Corrupt("the commit returned no outcome".into()).into()),
     }
 }

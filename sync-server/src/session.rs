@@ -29,6 +29,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::admission::{Admission, AdmissionLimits, Slot};
 use crate::enrollment::{CodeGuard, normalize_code};
+use crate::inflight::{Exchange, Inflight};
 use crate::store::{Committer, ServerStore, StoreError};
 use crate::{Metrics, oplog};
 
@@ -48,6 +49,8 @@ pub struct Shared {
     /// writes under one fixed actor, so two changes built from the same stored version would
     /// both claim that actor's next sequence number and the second would be refused.
     pub office_changes: Mutex<()>,
+    /// Exchanges from their request read until their reply reached the device.
+    pub inflight: Inflight,
 }
 
 impl Shared {
@@ -69,6 +72,7 @@ impl Shared {
             admission: Admission::new(admission),
             rounds: Mutex::new(HashMap::new()),
             office_changes: Mutex::new(()),
+            inflight: Inflight::default(),
         }
     }
 
@@ -201,13 +205,7 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     .await;
     let address = conn.remote_address().ip();
     match peer {
-        Err(e) => {
-            tracing::error!(device = %device_id, error = %e.0, "device lookup failed");
-            conn.close(
-                close::SERVER_ERROR.into(),
-                b"server trouble; try again later",
-            );
-        }
+        Err(e) => server_error(&conn, &device_id, &e.0),
         Ok(Peer::Revoked) => {
             oplog::revoked_device(&device_id, address);
             conn.close(close::UNAUTHORIZED.into(), b"this device has been revoked");
@@ -243,7 +241,7 @@ async fn serve_device(
 ) {
     let address = conn.remote_address().ip();
     loop {
-        let (mut send, mut recv) = match conn.accept_bi().await {
+        let (send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(_) => return,
         };
@@ -256,6 +254,7 @@ async fn serve_device(
             conn.close(close::DONE.into(), b"request timed out");
             return;
         };
+        let exchange = shared.inflight.enter();
         let request = match body {
             Ok(body) => decode_off_workers(shared, body).await,
             Err(e) => Err(e),
@@ -305,7 +304,7 @@ async fn serve_device(
                 reply
             }
         };
-        if send_reply(&mut send, &reply).await.is_err() {
+        if !send_reply(send, &reply, exchange).await {
             return;
         }
     }
@@ -351,13 +350,15 @@ async fn serve_stranger(
                 }
             }
         };
-        send_reply(&mut send, &reply).await.ok()?;
+        let exchange = shared.inflight.enter();
+        write_reply(&mut send, &reply).await.ok()?;
         // Closing at once would drop a reply still in flight: wait until the device has
         // acknowledged it (or closed the connection itself), within the deadline.
         tokio::select! {
             _ = send.stopped() => {}
             _ = conn.closed() => {}
         }
+        drop(exchange);
         Some(())
     })
     .await;
@@ -368,7 +369,7 @@ async fn serve_stranger(
 }
 
 /// Writes a reply on its stream and finishes the stream.
-async fn send_reply(send: &mut quinn::SendStream, reply: &ServerMsg) -> Result<(), ()> {
+async fn write_reply(send: &mut quinn::SendStream, reply: &ServerMsg) -> Result<(), ()> {
     let frame = protocol::encode_frame(reply).map_err(|e| {
         tracing::error!(error = %e, "cannot encode reply");
     })?;
@@ -426,6 +427,32 @@ async fn enroll_guarded(
         _ => {}
     }
     reply
+}
+
+/// Closes a connection whose device could not be looked up: the server's trouble, which the
+/// device retries ([`close::SERVER_ERROR`]), never UNAUTHORIZED (which apps show as "enroll
+/// again").
+fn server_error(conn: &quinn::Connection, device_id: &str, e: &dyn std::fmt::Display) {
+    tracing::error!(device = %device_id, error = %e, "device lookup failed");
+    conn.close(close::SERVER_ERROR.into(), b"server error; try again later");
+}
+
+/// How long a reply's delivery is waited for (off the connection's loop) before its exchange
+/// no longer counts as in flight.
+const REPLY_DELIVERY: Duration = Duration::from_secs(3);
+
+/// Writes one reply; whether the stream took it. The exchange stays in flight until the
+/// device has acknowledged the whole reply (or [`REPLY_DELIVERY`] passed), waited for on a
+/// task of its own so the connection's next request is not held up.
+async fn send_reply(mut send: quinn::SendStream, reply: &ServerMsg, exchange: Exchange) -> bool {
+    if write_reply(&mut send, reply).await.is_err() {
+        return false;
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REPLY_DELIVERY, send.stopped()).await;
+        drop(exchange);
+    });
+    true
 }
 
 /// Answers one request of an enrolled device by driving the proto crate's exchange: merges and

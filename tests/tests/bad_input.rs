@@ -397,7 +397,7 @@ fn changes_of(doc: &mut AutoCommit) -> Vec<u8> {
 }
 
 /// Pushes documents as one batch and returns each outcome, in order (the wire names only
-/// the refused ones; every other document of the batch is accepted).
+/// the refused and deferred ones; every other document of the batch is accepted).
 async fn push(conn: &Connection, docs: Vec<PushDoc>) -> Vec<Outcome> {
     let ids: Vec<_> = docs.iter().map(|d| d.id).collect();
     let msg = sync_msg(docs);
@@ -416,12 +416,22 @@ async fn push(conn: &Connection, docs: Vec<PushDoc>) -> Vec<Outcome> {
             for r in &ack.refused {
                 assert!(ids.contains(&r.id), "a refusal of a document not pushed");
             }
+            for d in &ack.deferred {
+                assert!(ids.contains(&d.id), "a deferral of a document not pushed");
+            }
             ids.iter()
-                .map(|id| match ack.refused.iter().find(|r| r.id == *id) {
-                    Some(r) => Outcome::Refused {
-                        reason: r.reason.clone(),
-                    },
-                    None => Outcome::Accepted { heads: Vec::new() },
+                .map(|id| {
+                    let refused = ack.refused.iter().find(|r| r.id == *id);
+                    let deferred = ack.deferred.iter().find(|d| d.id == *id);
+                    match (refused, deferred) {
+                        (Some(r), _) => Outcome::Refused {
+                            reason: r.reason.clone(),
+                        },
+                        (None, Some(d)) => Outcome::Deferred {
+                            reason: d.reason.clone(),
+                        },
+                        (None, None) => Outcome::Accepted { heads: Vec::new() },
+                    }
                 })
                 .collect()
         }
@@ -439,6 +449,10 @@ fn refusal(outcome: &Outcome, case: &str) -> String {
             reason.clone()
         }
         Outcome::Accepted { .. } => panic!("{case}: accepted, should have been refused"),
+        // Hostile input is the device's doing: deferring it would keep it pending forever.
+        Outcome::Deferred { reason } => {
+            panic!("{case}: deferred as the server's trouble ({reason}), should have been refused")
+        }
     }
 }
 

@@ -281,11 +281,12 @@ async fn rounds_beyond_the_per_minute_limit_are_refused_and_change_nothing() {
     }
     let id = v1.check_in("team:1", "清洁家园");
     match v1.sync().await {
-        Err(fieldsync_device::client::ClientError::Refused { code, message }) => {
+        // "Later", not "no": the retry class, the record neither refused nor acknowledged.
+        Err(fieldsync_device::client::ClientError::Unavailable { code, message }) => {
             assert_eq!(code, fieldsync_proto::protocol::ErrorCode::RateLimited);
             assert!(message.contains("minute"), "{message}");
         }
-        other => panic!("expected a rate-limit refusal, got {other:?}"),
+        other => panic!("expected a rate limit (retry), got {other:?}"),
     }
     assert_eq!(v1.store.pending_count().unwrap(), 1);
     assert!(!server.records().contains_key(&id));
@@ -387,13 +388,13 @@ async fn guessing_a_live_code_slows_that_code_down_and_blocks_no_address() {
         let (code, _) = refused(client::enroll(&guesser.store, &addr, &fp, &guess).await);
         assert_eq!(code, ErrorCode::BadCode);
     }
-    let (code, message) = refused(client::enroll(&guesser.store, &addr, &fp, &good).await);
-    assert_eq!(
-        code,
-        ErrorCode::RateLimited,
-        "the code is slowed down: {message}"
-    );
-    assert!(message.contains("too often"), "{message}");
+    match client::enroll(&guesser.store, &addr, &fp, &good).await {
+        Err(ClientError::Unavailable {
+            code: ErrorCode::RateLimited,
+            message,
+        }) => assert!(message.contains("too often"), "{message}"),
+        other => panic!("the code is slowed down (retry later), got {other:?}"),
+    }
     // Nothing is held against the address: another person's code from it works at once, in
     // lower case and grouped as a person might type it.
     let neighbour = fieldsync_tests::Phone::open(&root.join("neighbour"));

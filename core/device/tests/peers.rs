@@ -65,7 +65,7 @@ impl MemoryBackend {
             .map(|p| {
                 let existing = self.docs.get(&p.id).map(|(d, ..)| d.clone());
                 let outcome = match sync::merge_push(existing.as_ref(), &p, ctx, &limits) {
-                    Err(reason) => Outcome::Refused { reason },
+                    Err(e) => e.outcome(),
                     Ok(m) => {
                         if let Some(bytes) = m.bytes {
                             self.seq += 1;
@@ -295,7 +295,11 @@ fn assert_progress_sane(calls: &[sync::Progress], pending: usize, report: &sync:
         );
     }
     let last = calls.last().expect("progress reported");
-    assert_eq!(last.sent, report.sent + report.refused.len(), "{calls:?}");
+    assert_eq!(
+        last.sent,
+        report.sent + report.refused.len() + report.deferred.len(),
+        "{calls:?}"
+    );
     assert_eq!(last.sent, last.to_send, "{calls:?}");
     assert_eq!(last.received, report.received, "{calls:?}");
     assert_eq!(last.received, last.to_receive, "{calls:?}");

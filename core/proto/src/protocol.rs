@@ -23,7 +23,11 @@ use serde::{Deserialize, Serialize};
 use crate::model::Kind;
 
 /// The protocol version this build speaks; both sides refuse any other.
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// 3: a batch's acknowledgement also names the documents the server deferred (its own trouble
+/// with them, retried next round), and the server closes a connection it cannot look up with
+/// [`close::SERVER_ERROR`].
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The ALPN protocol id of fieldsync over QUIC.
 pub const ALPN: &[u8] = b"fieldsync/1";
@@ -33,6 +37,8 @@ pub const SERVER_NAME: &str = "fieldsync";
 
 /// Application close codes of a fieldsync QUIC connection.
 pub mod close {
+    use super::ErrorClass;
+
     /// Normal end of a session.
     pub const DONE: u32 = 0;
     /// The device is unknown or revoked.
@@ -42,8 +48,19 @@ pub mod close {
     /// The server has no connection slot for this device now (too many connections at once,
     /// from this address, or of unenrolled devices): try again shortly.
     pub const BUSY: u32 = 5;
-    /// The server could not serve the connection (its storage failed): try again later.
-    pub const SERVER_ERROR: u32 = 6;
+    /// The server had trouble of its own (its storage failed while looking the device up).
+    pub const SERVER_ERROR: u32 = 4;
+
+    /// What a device does about a connection closed with `code`.
+    ///
+    /// Only [`UNAUTHORIZED`] is an answer about the device; every other code, known or not
+    /// (a newer server may add some), is the server or the path going away: try again.
+    pub fn class(code: u64) -> ErrorClass {
+        match u32::try_from(code) {
+            Ok(UNAUTHORIZED) => ErrorClass::Unauthorized,
+            _ => ErrorClass::Retry,
+        }
+    }
 }
 
 /// Bytes of a frame's length prefix.
@@ -136,9 +153,10 @@ pub enum ServerMsg {
         /// How many wants at the end did not fit.
         unsent: u32,
     },
-    /// The request as a whole was refused; nothing of it was stored.
+    /// The request as a whole was not answered (refused, or the server's trouble); nothing of
+    /// it was stored.
     Error {
-        /// What kind of refusal: devices act on the class.
+        /// Why: devices act on its [`ErrorCode::class`].
         code: ErrorCode,
         /// Why, for the person.
         message: String,
@@ -213,13 +231,17 @@ pub struct SyncReply {
     pub pull: Option<Changes>,
 }
 
-/// The server's verdict on a batch: every document not named in `refused` is durably stored.
+/// The server's verdict on a batch: every document not named in `refused` or `deferred` is
+/// durably stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BatchAck {
     /// The batch's id.
     pub id: u64,
     /// The documents refused whole and stored nowhere, with the reasons.
     pub refused: Vec<Refusal>,
+    /// The documents the server could not merge because of its own trouble (their stored copy
+    /// is unreadable, say): stored nowhere, to be pushed again as they are.
+    pub deferred: Vec<Deferral>,
 }
 
 /// A pushed document the server refused.
@@ -228,6 +250,15 @@ pub struct Refusal {
     /// The record's id.
     pub id: DocId,
     /// Why, for the person.
+    pub reason: String,
+}
+
+/// A pushed document the server put off because of its own trouble with it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Deferral {
+    /// The record's id.
+    pub id: DocId,
+    /// What went wrong on the server, for the person and the operator.
     pub reason: String,
 }
 
@@ -251,7 +282,7 @@ pub struct Changes {
 pub struct PushResult {
     /// The pushed document.
     pub id: DocId,
-    /// Accepted (with the heads now stored) or refused (with the reason).
+    /// Accepted (with the heads now stored), refused or deferred (with the reason).
     pub outcome: Outcome,
 }
 
@@ -263,9 +294,17 @@ pub enum Outcome {
         /// The document's heads on the server after the merge.
         heads: Vec<Hash>,
     },
-    /// Refused whole and stored nowhere, with the reason.
+    /// Refused whole and stored nowhere: the push breaks a rule (schema, access, a fixed kind
+    /// or scope, a limit, malformed changes). The device marks it refused until it is edited.
     Refused {
         /// Why, for the person.
+        reason: String,
+    },
+    /// Stored nowhere because of the server's own trouble with this document (its stored copy
+    /// does not load, the changes do not apply to it): the device keeps it pending and pushes
+    /// it again next round; the other documents of the batch are unaffected.
+    Deferred {
+        /// What went wrong on the server.
         reason: String,
     },
 }
@@ -305,7 +344,7 @@ pub struct DocData {
     pub bytes: Vec<u8>,
 }
 
-/// Why a whole request was refused.
+/// Why a whole request was not answered; [`ErrorCode::class`] says what the device does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {
     /// The frame or message could not be decoded.
@@ -322,6 +361,35 @@ pub enum ErrorCode {
     RateLimited,
     /// The server could not store the request; nothing was acknowledged.
     Internal,
+}
+
+/// What a device does about an error, whichever way it arrived (an error reply, a close code,
+/// a per-record outcome).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// A rule says no: tell the person why; sending the same again gets the same answer.
+    Refused,
+    /// The network or the server had trouble: keep everything pending and try again later.
+    Retry,
+    /// The server does not know this device or revoked it: enroll again.
+    Unauthorized,
+}
+
+impl ErrorCode {
+    /// The class of this code: the one place the device client and the bindings look it up.
+    pub fn class(self) -> ErrorClass {
+        match self {
+            // The request itself is wrong, or the app is too old or the code bad: the same
+            // request would be answered the same.
+            ErrorCode::Malformed
+            | ErrorCode::TooLarge
+            | ErrorCode::Version
+            | ErrorCode::BadCode => ErrorClass::Refused,
+            ErrorCode::Unauthorized => ErrorClass::Unauthorized,
+            // Too many rounds is "later", not "no": nothing about the records is wrong.
+            ErrorCode::RateLimited | ErrorCode::Internal => ErrorClass::Retry,
+        }
+    }
 }
 
 /// Why a frame or its content was refused.
@@ -575,104 +643,5 @@ fn read_uleb(bytes: &[u8]) -> Option<(u64, usize)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use automerge::transaction::Transactable;
-
-    fn sync_msg(n: usize) -> ClientMsg {
-        ClientMsg::Sync {
-            version: PROTOCOL_VERSION,
-            batch: Some(Batch {
-                id: 7,
-                docs: (0..n)
-                    .map(|i| PushDoc {
-                        id: [i as u8; 16],
-                        kind: Kind::CheckIn,
-                        scope: "team:1".into(),
-                        changes: vec![7; 300],
-                    })
-                    .collect(),
-            }),
-            pull: Some(Pull {
-                cursors: vec![Cursor {
-                    scope: "team:1".into(),
-                    seq: 9,
-                }],
-                fresh: vec![],
-            }),
-        }
-    }
-
-    #[test]
-    fn frames_round_trip_plain_and_deflated() {
-        let limits = Limits::default();
-        for n in [0, 50] {
-            let msg = sync_msg(n);
-            let frame = encode_frame(&msg).unwrap();
-            assert_eq!(decode_frame::<ClientMsg>(&frame, &limits).unwrap(), msg);
-        }
-    }
-
-    #[test]
-    fn oversized_length_is_refused_before_allocating() {
-        let limits = Limits {
-            max_frame_bytes: 1000,
-            ..Limits::default()
-        };
-        let err = frame_len(u32::MAX.to_be_bytes(), &limits).unwrap_err();
-        assert!(matches!(err, ProtocolError::FrameTooLarge { .. }));
-    }
-
-    #[test]
-    fn truncated_and_random_frames_are_errors() {
-        let limits = Limits::default();
-        let frame = encode_frame(&sync_msg(3)).unwrap();
-        assert!(decode_frame::<ClientMsg>(&frame[..frame.len() - 1], &limits).is_err());
-        let mut junk = vec![0u8, 0, 0, 5, 0];
-        junk.extend_from_slice(&[0xff; 4]);
-        assert!(decode_frame::<ClientMsg>(&junk, &limits).is_err());
-    }
-
-    #[test]
-    fn deflate_bomb_is_capped() {
-        let limits = Limits {
-            max_inflated_bytes: 1 << 20,
-            ..Limits::default()
-        };
-        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-        std::io::Write::write_all(&mut enc, &vec![0u8; 8 << 20]).unwrap();
-        let bomb = enc.finish().unwrap();
-        let mut frame = ((bomb.len() + 1) as u32).to_be_bytes().to_vec();
-        frame.push(ENCODING_DEFLATE);
-        frame.extend_from_slice(&bomb);
-        let err = decode_frame::<ClientMsg>(&frame, &limits).unwrap_err();
-        assert!(matches!(err, ProtocolError::InflatedTooLarge { .. }));
-    }
-
-    #[test]
-    fn change_chunks_split_and_garbage_is_refused() {
-        let mut doc = automerge::AutoCommit::new();
-        doc.put(automerge::ROOT, "a", 1).unwrap();
-        doc.commit();
-        doc.put(automerge::ROOT, "b", 2).unwrap();
-        doc.commit();
-        let mut bytes = Vec::new();
-        for c in doc.get_changes(&[]) {
-            bytes.extend_from_slice(c.raw_bytes());
-        }
-        let limits = Limits::default();
-        assert_eq!(split_changes(&bytes, &limits).unwrap().len(), 2);
-        assert!(split_changes(&bytes[..bytes.len() - 3], &limits).is_err());
-        assert!(split_changes(b"not automerge at all", &limits).is_err());
-        let saved = doc.save();
-        assert!(split_changes(&saved, &limits).is_err());
-        let tight = Limits {
-            max_changes_per_round: 1,
-            ..Limits::default()
-        };
-        assert!(matches!(
-            split_changes(&bytes, &tight),
-            Err(ProtocolError::Limit(_))
-        ));
-    }
-}
+#[path = "protocol_tests.rs"]
+mod tests;

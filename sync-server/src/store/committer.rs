@@ -160,11 +160,13 @@ impl CommitThread {
             }
             Err(e) => {
                 tracing::error!(error = %e, rounds = batch.len(), "commit failed; nothing acknowledged");
-                if e.needs_reopen() {
-                    self.fatal.send_replace(Some(e.to_string()));
-                }
+                // The rounds hear first: a fatal failure stops the server, and their replies
+                // are waited for only once they are on their way.
                 for job in batch {
                     let _ = job.reply.send(Err(e.to_string()));
+                }
+                if e.needs_reopen() {
+                    self.fatal.send_replace(Some(e.to_string()));
                 }
             }
         }
@@ -335,6 +337,53 @@ mod tests {
             1,
             "another device's change is listed back"
         );
+        Ok(())
+    }
+
+    /// A record whose stored document is gone (a damaged store) is deferred alone, not
+    /// refused and not failing the batch: the other record of the batch lands.
+    #[tokio::test]
+    async fn a_record_missing_its_document_is_deferred_and_the_rest_land() -> TestResult {
+        let (store, ctxs) = store_with(&["0101"])?;
+        let ctx = &ctxs[0];
+        let committer = committer(&store);
+        let limits = Limits::default();
+        let survey = |village: &str| {
+            Record::create(
+                Kind::VillageSurvey,
+                "village:1",
+                ActorId::from(ctx.actor.clone()),
+                &[("village".into(), FieldValue::Text(village.into()))],
+                1,
+            )
+        };
+        let mut damaged = survey("大坪村")?;
+        let prepared = store.prepare(ctx, vec![push(&mut damaged, &[])], &limits)?;
+        assert!(accepted(&committer.commit(ctx, None, prepared).await?));
+        let base = damaged.heads();
+        damaged.update(&[("licensed_doctors".into(), FieldValue::Integer(2))], 2)?;
+        let mut other = survey("小河村")?;
+        let pushes = vec![push(&mut damaged, &base), push(&mut other, &[])];
+
+        let remove_doc = |store: &ServerStore| -> TestResult {
+            let tx = store.db.begin_write()?;
+            tx.open_table(super::super::tables::DOCS)?
+                .remove(damaged.id().as_u128())?;
+            tx.commit()?;
+            Ok(())
+        };
+        remove_doc(&store)?;
+        let prepared = store.prepare(ctx, pushes.clone(), &limits)?;
+        let results = committer.commit(ctx, Some(1), prepared).await?;
+        match &results[0].outcome {
+            Outcome::Deferred { reason } => assert!(reason.contains("no document"), "{reason}"),
+            other => panic!("expected a deferral, got {other:?}"),
+        }
+        assert!(
+            matches!(results[1].outcome, Outcome::Accepted { .. }),
+            "{results:?}"
+        );
+        assert!(store.record_view(other.id())?.is_some());
         Ok(())
     }
 

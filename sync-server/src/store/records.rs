@@ -15,7 +15,7 @@ use fieldsync_proto::protocol::{
     Changed, Changes, Cursor, DocData, Hash, Limits, Outcome, PushDoc, PushResult, Want,
 };
 use fieldsync_proto::record::RecordView;
-use fieldsync_proto::sync::{self, StoredDoc};
+use fieldsync_proto::sync::{self, MergeError, StoredDoc};
 use redb::{ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -133,6 +133,10 @@ impl ServerStore {
 
     /// Merges pushes against a read snapshot. This runs on the connection's own blocking task,
     /// so the merges of concurrent rounds use every core; the commit thread only writes.
+    ///
+    /// A record whose stored entry is damaged is a [`MergeError::Fault`] of that record alone
+    /// (deferred; the others of the batch go on); a database that cannot be read fails the
+    /// whole call.
     pub fn prepare(
         &self,
         ctx: &DeviceCtx,
@@ -145,11 +149,16 @@ impl ServerStore {
         push.into_iter()
             .map(|push| {
                 let key = Uuid::from_bytes(push.id).as_u128();
-                let (base, stored) = match load_stored(&index, &docs, key)? {
-                    Some((entry, stored)) => (Some(entry.seq), Some(stored)),
-                    None => (None, None),
+                let (base, merged) = match record_fault(load_stored(&index, &docs, key))? {
+                    Ok(Some((entry, stored))) => (
+                        Some(entry.seq),
+                        sync::merge_push(Some(&stored), &push, ctx, limits),
+                    ),
+                    Ok(None) => (None, sync::merge_push(None, &push, ctx, limits)),
+                    // Looked at again at commit time (no entry has this base), where it is
+                    // deferred unless the entry was mended meanwhile.
+                    Err(fault) => (Some(UNREAD), Err(fault)),
                 };
-                let merged = sync::merge_push(stored.as_ref(), &push, ctx, limits);
                 Ok(Prepared { push, base, merged })
             })
             .collect()
@@ -314,11 +323,15 @@ impl ServerStore {
     }
 }
 
+/// The `base` of a push whose stored entry could not be read at prepare time: no entry has
+/// it, so the commit reads the record again.
+const UNREAD: u64 = u64::MAX;
+
 /// A pushed document merged against the stored version with feed position `base`.
 pub struct Prepared {
     push: PushDoc,
     base: Option<u64>,
-    merged: Result<sync::Merged, String>,
+    merged: Result<sync::Merged, MergeError>,
 }
 
 /// The tables one group commit writes, open in its write transaction, and the feed positions
@@ -396,15 +409,27 @@ impl<'tx, 'a> RoundWriter<'tx, 'a> {
         Prepared { push, base, merged }: Prepared,
     ) -> Result<PushResult, StoreError> {
         let key = Uuid::from_bytes(push.id).as_u128();
-        let entry = self.index.get_decoded(key)?;
-        let merged = if entry.as_ref().map(|e| e.seq) == base {
-            merged
-        } else {
-            let stored = load_stored(&self.index, &self.docs, key)?.map(|(_, stored)| stored);
-            sync::merge_push(stored.as_ref(), &push, ctx, self.limits)
+        let (entry, merged) = match record_fault(self.index.get_decoded(key))? {
+            Ok(entry) if entry.as_ref().map(|e| e.seq) == base => (entry, merged),
+            Ok(entry) => {
+                let merged = match record_fault(load_stored(&self.index, &self.docs, key))? {
+                    Ok(stored) => {
+                        let stored = stored.map(|(_, stored)| stored);
+                        sync::merge_push(stored.as_ref(), &push, ctx, self.limits)
+                    }
+                    Err(fault) => Err(fault),
+                };
+                (entry, merged)
+            }
+            Err(fault) => (None, Err(fault)),
         };
         let outcome = match merged {
-            Err(reason) => Outcome::Refused { reason },
+            Err(e) => {
+                if let MergeError::Fault(reason) = &e {
+                    tracing::error!(device = %ctx.device_id, record = %Uuid::from_u128(key), %reason, "record deferred: the server's copy is in trouble");
+                }
+                e.outcome()
+            }
             Ok(merged) => {
                 self.write_merged(ctx, &push, entry.as_ref(), &merged)?;
                 Outcome::Accepted {
@@ -478,6 +503,18 @@ impl<'tx, 'a> RoundWriter<'tx, 'a> {
         }
         self.meta.insert(META_SEQ, self.seq)?;
         Ok(())
+    }
+}
+
+/// A damaged entry of one record (undecodable index entry, no document) as that record's
+/// fault; any other storage error stays the caller's error.
+fn record_fault<T>(loaded: Result<T, StoreError>) -> Result<Result<T, MergeError>, StoreError> {
+    match loaded {
+        Ok(found) => Ok(Ok(found)),
+        Err(StoreError::Corrupt(reason)) => Ok(Err(MergeError::Fault(format!(
+            "the server's copy is damaged: {reason}"
+        )))),
+        Err(other) => Err(other),
     }
 }
 

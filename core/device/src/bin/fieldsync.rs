@@ -209,22 +209,39 @@ fn run(cli: Cli) -> Result<(), String> {
                 .block_on(client::sync_with(&store, &options, &mut |_| {}))
                 .map_err(|e| format!("sync failed, local data untouched: {e}"))?;
             println!(
-                "sync: sent {}, received {}, refused {} ({} exchanges, {} connections, {tx} bytes out, {rx} bytes in)",
+                "sync: sent {}, received {}, refused {}, deferred {} ({} exchanges, {} connections, {tx} bytes out, {rx} bytes in)",
                 report.sent,
                 report.received,
                 report.refused.len(),
+                report.deferred.len(),
                 report.exchanges,
                 report.connections
             );
+            for (id, reason) in &report.refused {
+                eprintln!("refused {id}: {reason}");
+            }
+            for (id, reason) in &report.deferred {
+                eprintln!("deferred {id} (kept pending, sent again next sync): {reason}");
+            }
             if !report.refused.is_empty() {
-                for (id, reason) in &report.refused {
-                    eprintln!("refused {id}: {reason}");
-                }
                 eprintln!("edit a refused record, or take it back with `fieldsync revert ID`");
-                return Err(format!(
-                    "the server refused {} record(s)",
-                    report.refused.len()
-                ));
+            }
+            // Either way not everything landed: a script must not take this round as done.
+            match (report.refused.len(), report.deferred.len()) {
+                (0, 0) => {}
+                (refused, 0) => return Err(format!("the server refused {refused} record(s)")),
+                (0, deferred) => {
+                    return Err(format!(
+                        "the server could not take {deferred} record(s) because of its own \
+                         trouble; they stay pending for the next sync"
+                    ));
+                }
+                (refused, deferred) => {
+                    return Err(format!(
+                        "the server refused {refused} record(s) and could not take {deferred} \
+                         (pending for the next sync)"
+                    ));
+                }
             }
         }
         Command::Revert { id } => match store.revert(id).map_err(|e| err(&e))? {

@@ -6,14 +6,16 @@
 //! the round or enrollment it serves; every request of the protocol can be sent twice (a batch
 //! keeps its id, the server answers a batch it committed from its record). Answers of the
 //! server — refusals, revocation, a certificate that is not the pinned one — end it at once:
-//! trying again would get the same answer.
+//! trying again would get the same answer. A close for the server's own trouble
+//! ([`close::SERVER_ERROR`], or a code this build does not know) is tried again like a lost
+//! connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fieldsync_proto::protocol::{
-    self, ClientMsg, ErrorCode, Limits, SERVER_NAME, ServerMsg, close,
+    self, ClientMsg, ErrorClass, ErrorCode, Limits, SERVER_NAME, ServerMsg, close,
 };
 use fieldsync_proto::sync::Backoff;
 
@@ -397,24 +399,26 @@ fn lost(e: quinn::ConnectionError) -> ClientError {
     connection_error("the server", e)
 }
 
-/// Sorts a lost or refused connection by what the device can do about it.
+/// Sorts a lost or refused connection by what the device can do about it
+/// ([`close::class`]): only `UNAUTHORIZED` is an answer about the device.
 fn connection_error(server: &str, e: quinn::ConnectionError) -> ClientError {
     match e {
         quinn::ConnectionError::ApplicationClosed(closed) => {
             let message = String::from_utf8_lossy(&closed.reason).to_string();
-            match u32::try_from(closed.error_code.into_inner()) {
-                Ok(close::UNAUTHORIZED) => ClientError::Refused {
+            let code = closed.error_code.into_inner();
+            match (close::class(code), u32::try_from(code)) {
+                (ErrorClass::Unauthorized, _) => ClientError::Refused {
                     code: ErrorCode::Unauthorized,
                     message,
                 },
-                // A server going down, ending an idle session, out of slots or in trouble:
-                // it will be back.
-                Ok(close::SHUTDOWN | close::DONE | close::BUSY | close::SERVER_ERROR) => {
+                // A server going down, ending an idle session or out of slots: it will be back.
+                (_, Ok(close::SHUTDOWN | close::DONE | close::BUSY)) => {
                     ClientError::Network(format!("{server} closed the connection: {message}"))
                 }
-                _ => ClientError::Refused {
+                // SERVER_ERROR, or a code this build does not know: the server's trouble.
+                _ => ClientError::Unavailable {
                     code: ErrorCode::Internal,
-                    message,
+                    message: format!("{server} closed the connection (code {code}): {message}"),
                 },
             }
         }
@@ -436,4 +440,137 @@ async fn resolve(server: &str) -> Result<SocketAddr, ClientError> {
         .map_err(|e| ClientError::Network(format!("cannot resolve {server}: {e}")))?
         .next()
         .ok_or_else(|| ClientError::Network(format!("{server} resolves to no address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldsync_proto::sync::RoundError;
+
+    fn closed(code: u32, reason: &str) -> quinn::ConnectionError {
+        quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: quinn::VarInt::from_u32(code),
+            reason: reason.as_bytes().to_vec().into(),
+        })
+    }
+
+    /// The class a device gives an error: what it does about it.
+    fn class(e: &ClientError) -> Option<ErrorClass> {
+        match e {
+            ClientError::Refused { code, .. } => Some(code.class()),
+            ClientError::Network(_) | ClientError::Unavailable { .. } => Some(ErrorClass::Retry),
+            _ => None,
+        }
+    }
+
+    /// Every way a connection ends, sorted into what the device does: only UNAUTHORIZED is an
+    /// answer about the device; the server's own trouble and unknown codes are tried again.
+    #[test]
+    fn close_codes_map_to_their_classes() {
+        let cases: Vec<(&str, quinn::ConnectionError, Option<ErrorClass>, &str)> = vec![
+            (
+                "revoked",
+                closed(close::UNAUTHORIZED, "this device has been revoked"),
+                Some(ErrorClass::Unauthorized),
+                "revoked",
+            ),
+            (
+                "device lookup failed",
+                closed(close::SERVER_ERROR, "server error"),
+                Some(ErrorClass::Retry),
+                "server error",
+            ),
+            (
+                "shutting down",
+                closed(close::SHUTDOWN, "server shutting down"),
+                Some(ErrorClass::Retry),
+                "shutting down",
+            ),
+            (
+                "idle session ended",
+                closed(close::DONE, "request timed out"),
+                Some(ErrorClass::Retry),
+                "timed out",
+            ),
+            (
+                "a code this build does not know",
+                closed(77, "new reason"),
+                Some(ErrorClass::Retry),
+                "code 77",
+            ),
+            (
+                "timed out",
+                quinn::ConnectionError::TimedOut,
+                Some(ErrorClass::Retry),
+                "timed out",
+            ),
+            (
+                "reset",
+                quinn::ConnectionError::Reset,
+                Some(ErrorClass::Retry),
+                "reset",
+            ),
+        ];
+        for (name, error, expected, says) in cases {
+            let e = connection_error("fieldsync.test", error);
+            assert_eq!(class(&e), expected, "{name}: {e:?}");
+            assert_eq!(
+                e.is_retryable(),
+                expected == Some(ErrorClass::Retry),
+                "{name}: {e:?}"
+            );
+            assert!(e.to_string().contains(says), "{name}: {e}");
+        }
+        assert!(matches!(
+            connection_error("s", closed(close::UNAUTHORIZED, "")),
+            ClientError::Refused {
+                code: ErrorCode::Unauthorized,
+                ..
+            }
+        ));
+        assert!(matches!(
+            connection_error("s", closed(close::SERVER_ERROR, "")),
+            ClientError::Unavailable {
+                code: ErrorCode::Internal,
+                ..
+            }
+        ));
+    }
+
+    /// Every error reply becomes the variant of its code's class.
+    #[test]
+    fn error_replies_map_to_their_classes() {
+        let cases = [
+            (ErrorCode::Malformed, false),
+            (ErrorCode::TooLarge, false),
+            (ErrorCode::Version, false),
+            (ErrorCode::BadCode, false),
+            (ErrorCode::Unauthorized, false),
+            (ErrorCode::RateLimited, true),
+            (ErrorCode::Internal, true),
+        ];
+        for (code, retry) in cases {
+            let e = ClientError::answered(code, "why".into());
+            assert_eq!(e.is_retryable(), retry, "{code:?}: {e:?}");
+            match e {
+                ClientError::Unavailable { code: got, .. } => {
+                    assert!(retry, "{code:?}");
+                    assert_eq!(got, code);
+                }
+                ClientError::Refused { code: got, .. } => {
+                    assert!(!retry, "{code:?}");
+                    assert_eq!(got, code);
+                }
+                other => panic!("{code:?}: {other:?}"),
+            }
+        }
+        let round = ClientError::from(RoundError::Server {
+            code: ErrorCode::Internal,
+            message: "storage failed: disk on fire".into(),
+        });
+        assert!(
+            matches!(round, ClientError::Unavailable { .. }),
+            "{round:?}"
+        );
+    }
 }

@@ -15,8 +15,8 @@ pub use link::{Connection, Dial, Link};
 use crate::store::{DeviceStore, EnrollmentInfo, StoreError};
 use crate::tls::{self, TlsError};
 use fieldsync_proto::protocol::{
-    Changed, ClientMsg, Cursor, DocData, DocId, ErrorCode, Hash, PROTOCOL_VERSION, ProtocolError,
-    ServerMsg,
+    Changed, ClientMsg, Cursor, DocData, DocId, ErrorClass, ErrorCode, Hash, PROTOCOL_VERSION,
+    ProtocolError, ServerMsg,
 };
 use fieldsync_proto::sync::{
     BatchLimits, Progress, RoundDriver, RoundError, RoundReport, RoundStart, drive_round,
@@ -32,10 +32,21 @@ pub enum ClientError {
     /// within the deadline: try again later.
     #[error("network: {0}")]
     Network(String),
-    /// The server refused the device or the request.
+    /// The server refused the device or the request: a code of the refused or the
+    /// unauthorized class ([`ErrorCode::class`]); sending the same again gets the same answer.
     #[error("refused by the server ({code:?}): {message}")]
     Refused {
         /// What kind of refusal.
+        code: ErrorCode,
+        /// The server's reason.
+        message: String,
+    },
+    /// The server could not serve the request now (its storage failed, it could not look the
+    /// device up, too many rounds in a minute): a code of the retry class. Nothing that was
+    /// not stored was acknowledged; try again later.
+    #[error("the server could not serve this sync now ({code:?}): {message}")]
+    Unavailable {
+        /// What went wrong (`Internal`, `RateLimited`).
         code: ErrorCode,
         /// The server's reason.
         message: String,
@@ -57,17 +68,31 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether trying again on a new connection may succeed: only trouble on the way is;
-    /// the server's answers and the device's own state are not.
+    /// The error for a server's error reply, by the class of its code: the one mapping from
+    /// [`ErrorCode`] to what the device does.
+    pub fn answered(code: ErrorCode, message: String) -> ClientError {
+        match code.class() {
+            ErrorClass::Retry => ClientError::Unavailable { code, message },
+            ErrorClass::Refused | ErrorClass::Unauthorized => {
+                ClientError::Refused { code, message }
+            }
+        }
+    }
+
+    /// Whether trying again later may succeed: trouble on the way or at the server is; the
+    /// server's refusals and the device's own state are not.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ClientError::Network(_))
+        matches!(
+            self,
+            ClientError::Network(_) | ClientError::Unavailable { .. }
+        )
     }
 }
 
 impl From<RoundError> for ClientError {
     fn from(e: RoundError) -> Self {
         match e {
-            RoundError::Refused { code, message } => ClientError::Refused { code, message },
+            RoundError::Server { code, message } => ClientError::answered(code, message),
             RoundError::Unexpected(m) => ClientError::Network(format!("unexpected reply: {m}")),
         }
     }
@@ -167,7 +192,7 @@ pub async fn enroll_with(
             blocking(move || writer.set_enrollment(&saved)).await?;
             Ok(info)
         }
-        ServerMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
+        ServerMsg::Error { code, message } => Err(ClientError::answered(code, message)),
         other => Err(ClientError::Network(format!("unexpected reply {other:?}"))),
     }
 }

@@ -207,7 +207,7 @@ fn server_says(ctx: &DeviceCtx, stored: Option<&mut Record>, edited: &mut Record
     };
     match merge_push(existing.as_ref(), &push, ctx, &Limits::default()) {
         Ok(_) => "accepted".into(),
-        Err(reason) => reason,
+        Err(reason) => reason.to_string(),
     }
 }
 

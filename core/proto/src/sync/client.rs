@@ -50,7 +50,7 @@ impl Default for BatchLimits {
 /// How far a sync round has come, in documents, for progress bars.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// Pending documents pushed and answered by the server (accepted or refused).
+    /// Pending documents pushed and answered by the server (accepted, refused or deferred).
     pub sent: usize,
     /// Documents pending when the round started.
     pub to_send: usize,
@@ -68,8 +68,11 @@ pub struct RoundReport {
     pub sent: usize,
     /// Documents received and applied.
     pub received: usize,
-    /// Documents the server refused, with the reasons.
+    /// Documents the server refused, with the reasons: they wait for an edit.
     pub refused: Vec<(Uuid, String)>,
+    /// Documents the server deferred because of its own trouble with them, with the reasons:
+    /// they stay pending and go again next round.
+    pub deferred: Vec<(Uuid, String)>,
     /// Request/reply exchanges this round took (not counting requests sent again).
     pub exchanges: usize,
     /// Connection attempts the round made: 1, plus one for each reconnect after the link
@@ -90,6 +93,9 @@ pub enum Effect {
         accepted: Vec<(DocId, Vec<Hash>)>,
         /// Documents refused, with the server's reasons.
         refused: Vec<(DocId, String)>,
+        /// Documents the server deferred: nothing to write (they stay pending as they are);
+        /// counted in the progress.
+        deferred: Vec<DocId>,
     },
     /// Find the local heads of these documents (empty if absent) and feed them back as
     /// [`Input::LocalHeads`].
@@ -117,10 +123,11 @@ pub enum Input {
 /// Why a round stopped; nothing unacknowledged was marked acknowledged.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum RoundError {
-    /// The server refused the whole request.
-    #[error("server refused the request ({code:?}): {message}")]
-    Refused {
-        /// What kind of refusal.
+    /// The server answered the request with an error; [`ErrorCode::class`] says whether it
+    /// is a refusal, the server's trouble (try again) or an unknown device.
+    #[error("the server answered ({code:?}): {message}")]
+    Server {
+        /// What kind of error.
         code: ErrorCode,
         /// The server's reason.
         message: String,
@@ -196,7 +203,7 @@ impl ClientRound {
         let state = std::mem::replace(&mut self.state, State::Finished);
         match (state, input) {
             (_, Input::Reply(ServerMsg::Error { code, message })) => {
-                Err(RoundError::Refused { code, message })
+                Err(RoundError::Server { code, message })
             }
             (State::AwaitSync { batch, pulling }, Input::Reply(ServerMsg::SyncReply(reply))) => {
                 self.on_sync_reply(batch, pulling, reply)
@@ -341,12 +348,28 @@ impl ClientRound {
                 .push((Uuid::from_bytes(r.id), r.reason.clone()));
             refused.push((r.id, r.reason));
         }
+        let mut deferred = Vec::new();
+        for d in ack.deferred {
+            if self.pushed.remove(&d.id).is_none() {
+                return Err(RoundError::Unexpected(
+                    "a deferral of a document that was not pushed (or answered twice)".into(),
+                ));
+            }
+            self.report
+                .deferred
+                .push((Uuid::from_bytes(d.id), d.reason));
+            deferred.push(d.id);
+        }
         let accepted: Vec<(DocId, Vec<Hash>)> = docs
             .iter()
             .filter_map(|id| self.pushed.remove(id).map(|heads| (*id, heads)))
             .collect();
         self.report.sent += accepted.len();
-        Ok(Effect::Acknowledge { accepted, refused })
+        Ok(Effect::Acknowledge {
+            accepted,
+            refused,
+            deferred,
+        })
     }
 
     fn on_changes(&mut self, changes: Changes) -> Vec<Effect> {
@@ -494,8 +517,12 @@ pub async fn drive_round<D: RoundDriver>(
                 let reply = driver.exchange(msg).await?;
                 round.handle(Input::Reply(reply))?
             }
-            Effect::Acknowledge { accepted, refused } => {
-                progress.sent += accepted.len() + refused.len();
+            Effect::Acknowledge {
+                accepted,
+                refused,
+                deferred,
+            } => {
+                progress.sent += accepted.len() + refused.len() + deferred.len();
                 driver.acknowledge(accepted, refused).await?;
                 driver.progress(progress);
                 Vec::new()

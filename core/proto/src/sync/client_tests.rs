@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::model::Kind;
-use crate::protocol::Refusal;
+use crate::protocol::{Deferral, Refusal};
 
 fn id(n: u8) -> DocId {
     [n; 16]
@@ -70,6 +70,10 @@ fn pulled(changed: Vec<Changed>, seq: u64, more: bool) -> Input {
 }
 
 fn ack(id: u64, refused: &[u8]) -> Option<BatchAck> {
+    ack_deferring(id, refused, &[])
+}
+
+fn ack_deferring(id: u64, refused: &[u8], deferred: &[u8]) -> Option<BatchAck> {
     Some(BatchAck {
         id,
         refused: refused
@@ -77,6 +81,13 @@ fn ack(id: u64, refused: &[u8]) -> Option<BatchAck> {
             .map(|n| Refusal {
                 id: self::id(*n),
                 reason: "no".into(),
+            })
+            .collect(),
+        deferred: deferred
+            .iter()
+            .map(|n| Deferral {
+                id: self::id(*n),
+                reason: "later".into(),
             })
             .collect(),
     })
@@ -108,9 +119,14 @@ fn send_fetch(want: Vec<Want>) -> Effect {
 }
 
 fn acknowledge(accepted: &[u8], refused: &[u8]) -> Effect {
+    acknowledge_deferring(accepted, refused, &[])
+}
+
+fn acknowledge_deferring(accepted: &[u8], refused: &[u8], deferred: &[u8]) -> Effect {
     Effect::Acknowledge {
         accepted: accepted.iter().map(|n| (id(*n), vec![[*n; 32]])).collect(),
         refused: refused.iter().map(|n| (id(*n), "no".to_string())).collect(),
+        deferred: deferred.iter().map(|n| id(*n)).collect(),
     }
 }
 
@@ -189,6 +205,29 @@ fn rounds_produce_their_effects_in_order() {
                 "one batch with the pull; one accepted, one refused, both acknowledged",
                 &[1, 2],
                 send_sync(Some((100, &[1, 2])), pull3()),
+            )
+        },
+        Case {
+            steps: vec![(
+                reply(
+                    ack_deferring(100, &[3], &[2]),
+                    Some(changes(vec![], vec![], 3, false)),
+                ),
+                vec![
+                    acknowledge_deferring(&[1], &[3], &[2]),
+                    Effect::Done(RoundReport {
+                        sent: 1,
+                        refused: vec![(Uuid::from_bytes(id(3)), "no".into())],
+                        deferred: vec![(Uuid::from_bytes(id(2)), "later".into())],
+                        exchanges: 1,
+                        ..RoundReport::default()
+                    }),
+                ],
+            )],
+            ..case(
+                "a deferred document is neither accepted nor refused: it stays pending",
+                &[1, 2, 3],
+                send_sync(Some((100, &[1, 2, 3])), pull3()),
             )
         },
         Case {
@@ -361,10 +400,22 @@ fn rounds_stop_on_replies_that_do_not_fit() {
                 code: ErrorCode::RateLimited,
                 message: "slow down".into(),
             })],
-            RoundError::Refused {
+            RoundError::Server {
                 code: ErrorCode::RateLimited,
                 message: "slow down".into(),
             },
+        ),
+        (
+            "a deferral of a document never pushed",
+            &[1],
+            vec![reply(ack_deferring(100, &[], &[7]), no_change())],
+            unexpected("a deferral of a document that was not pushed (or answered twice)"),
+        ),
+        (
+            "a document both refused and deferred",
+            &[1],
+            vec![reply(ack_deferring(100, &[1], &[1]), no_change())],
+            unexpected("a deferral of a document that was not pushed (or answered twice)"),
         ),
         (
             "the ack names another batch",

@@ -19,6 +19,6 @@ pub use client::{
     BatchLimits, ClientRound, Effect, Input, Pending, Progress, RoundDriver, RoundError,
     RoundReport, RoundStart, drive_round, split_batches,
 };
-pub use merge::{COMPACT_AFTER_BYTES, Merged, StoredDoc, changes_for, merge_push};
+pub use merge::{COMPACT_AFTER_BYTES, MergeError, Merged, StoredDoc, changes_for, merge_push};
 pub use retry::Backoff;
 pub use server::{ServerEffect, ServerExchange, ServerInput, StorageFailure};

@@ -12,8 +12,8 @@
 //! reported as a refusal.
 
 use crate::protocol::{
-    BatchAck, Changes, ClientMsg, Cursor, DocData, ErrorCode, Limits, Outcome, PROTOCOL_VERSION,
-    Pull, PushDoc, PushResult, Refusal, ServerMsg, SyncReply, Want,
+    BatchAck, Changes, ClientMsg, Cursor, Deferral, DocData, ErrorCode, Limits, Outcome,
+    PROTOCOL_VERSION, Pull, PushDoc, PushResult, Refusal, ServerMsg, SyncReply, Want,
 };
 
 /// Storage could not do what an effect asked; the message is for logs and the device.
@@ -22,13 +22,19 @@ use crate::protocol::{
 pub struct StorageFailure(pub String);
 
 /// Something the server's driver must do for the exchange, then feed back.
+///
+/// A document the merge cannot take because of the server's own trouble with it
+/// ([`MergeError::Fault`](super::MergeError::Fault)) is fed back as [`Outcome::Deferred`] (the
+/// device keeps it pending); a storage failure of the whole effect as a [`StorageFailure`]
+/// (the device gets [`ErrorCode::Internal`] and retries the round).
 #[derive(Debug, PartialEq)]
 pub enum ServerEffect {
     /// Store batch `batch` of the device: if the device's batch with this id is already
     /// committed, give back its recorded outcomes without merging again; else merge each
     /// document with [`merge_push`](super::merge_push) and store every accepted one durably,
     /// together with the batch's record, before answering. Feed back
-    /// [`ServerInput::Committed`] with one outcome per document, in order.
+    /// [`ServerInput::Committed`] with one outcome per document, in order (a merge error as
+    /// [`MergeError::outcome`](super::MergeError::outcome)).
     Commit {
         /// The batch's id, chosen by the device.
         batch: u64,
@@ -234,16 +240,21 @@ impl ServerExchange {
     }
 }
 
-/// The wire's verdict on a batch: only the refused documents are named.
+/// The wire's verdict on a batch: only the refused and the deferred documents are named.
 fn batch_ack(id: u64, results: Vec<PushResult>) -> BatchAck {
-    let refused = results
-        .into_iter()
-        .filter_map(|r| match r.outcome {
-            Outcome::Accepted { .. } => None,
-            Outcome::Refused { reason } => Some(Refusal { id: r.id, reason }),
-        })
-        .collect();
-    BatchAck { id, refused }
+    let mut ack = BatchAck {
+        id,
+        refused: Vec::new(),
+        deferred: Vec::new(),
+    };
+    for r in results {
+        match r.outcome {
+            Outcome::Accepted { .. } => {}
+            Outcome::Refused { reason } => ack.refused.push(Refusal { id: r.id, reason }),
+            Outcome::Deferred { reason } => ack.deferred.push(Deferral { id: r.id, reason }),
+        }
+    }
+    ack
 }
 
 fn reply(batch: Option<BatchAck>, pull: Option<Changes>) -> ServerEffect {
@@ -262,7 +273,8 @@ fn internal(message: String) -> ServerEffect {
 mod tests {
     use super::*;
     use crate::model::Kind;
-    use crate::protocol::{Batch, Changed};
+    use crate::protocol::{Batch, Changed, ErrorClass};
+    use crate::sync::MergeError;
 
     fn push(n: u8) -> PushDoc {
         PushDoc {
@@ -317,6 +329,13 @@ mod tests {
             outcome: Outcome::Accepted {
                 heads: vec![[n; 32]],
             },
+        }
+    }
+
+    fn deferred(n: u8) -> PushResult {
+        PushResult {
+            id: [n; 16],
+            outcome: MergeError::Fault("the stored copy is unreadable".into()).outcome(),
         }
     }
 
@@ -454,6 +473,26 @@ mod tests {
                             id: [2; 16],
                             reason: "kind and scope are fixed".into(),
                         }],
+                        deferred: vec![],
+                    }),
+                    None,
+                ),
+            },
+            Case {
+                name: "a merge fault is a deferral, not a refusal; the rest still land",
+                msg: sync(PROTOCOL_VERSION, vec![push(1), push(2)], None),
+                steps: vec![(
+                    commit(vec![push(1), push(2)]),
+                    ServerInput::Committed(Ok(vec![deferred(1), accepted(2)])),
+                )],
+                reply: sync_reply(
+                    Some(BatchAck {
+                        id: 42,
+                        refused: vec![],
+                        deferred: vec![Deferral {
+                            id: [1; 16],
+                            reason: "the stored copy is unreadable".into(),
+                        }],
                     }),
                     None,
                 ),
@@ -472,6 +511,7 @@ mod tests {
                     Some(BatchAck {
                         id: 42,
                         refused: vec![],
+                        deferred: vec![],
                     }),
                     Some(changes()),
                 ),
@@ -558,9 +598,12 @@ mod tests {
             }
             match effect {
                 ServerEffect::Reply(ServerMsg::Error {
-                    code: ErrorCode::Internal,
+                    code: code @ ErrorCode::Internal,
                     message,
-                }) => assert!(message.contains(expected), "{name}: {message}"),
+                }) => {
+                    assert_eq!(code.class(), ErrorClass::Retry, "{name}");
+                    assert!(message.contains(expected), "{name}: {message}")
+                }
                 other => panic!("{name}: expected an internal error, got {other:?}"),
             }
         }
