@@ -55,10 +55,11 @@ class ServerProcess(
         fingerprint = lineValue(admin("init"), "fingerprint")
     }
 
-    /** Issues a one-time enrollment code for [user]. */
-    fun enroll(user: ServerUser): String {
+    /** Issues a one-time enrollment code for [user]; [replace] changes an existing user's rights. */
+    fun enroll(user: ServerUser, replace: Boolean = false): String {
         val args = mutableListOf("enroll", "--user", user.id, "--name", user.name, "--role", user.role)
         for (scope in user.scopes) args += listOf("--scope", scope)
+        if (replace) args += "--replace"
         return lineValue(admin(*args.toTypedArray()), "code")
     }
 

@@ -37,8 +37,28 @@ pub struct Issued {
 /// Longest validity of a code: 30 days.
 pub const MAX_TTL_SECS: i64 = 30 * 86400;
 
-/// Adds or updates `user` and issues a code that enrolls one device for them within `ttl_secs`.
+/// Adds `user` (or finds them unchanged) and issues a code that enrolls one device for them
+/// within `ttl_secs`.
+///
+/// An existing user with another role or other scopes is refused: the change would silently
+/// give every phone they already enrolled the new rights. [`issue_replacing`] makes it on
+/// purpose.
 pub fn issue(store: &ServerStore, user: &User, ttl_secs: i64) -> Result<Issued, String> {
+    issue_with(store, user, ttl_secs, false)
+}
+
+/// Like [`issue`], replacing an existing device user's role, name and scopes (their enrolled
+/// phones get the new rights at their next connection).
+pub fn issue_replacing(store: &ServerStore, user: &User, ttl_secs: i64) -> Result<Issued, String> {
+    issue_with(store, user, ttl_secs, true)
+}
+
+fn issue_with(
+    store: &ServerStore,
+    user: &User,
+    ttl_secs: i64,
+    replace: bool,
+) -> Result<Issued, String> {
     if user.id.is_empty() || user.id.chars().any(char::is_whitespace) {
         return Err("a user id is one word, e.g. zhang3".into());
     }
@@ -62,6 +82,19 @@ pub fn issue(store: &ServerStore, user: &User, ttl_secs: i64) -> Result<Issued, 
         return Err(format!(
             "{} is a {} account; choose another user id for this device",
             user.id, existing.role
+        ));
+    }
+    if let Some(existing) = store.user(&user.id).map_err(|e| e.to_string())?
+        && !replace
+        && (existing.role != user.role || existing.scopes != user.scopes)
+    {
+        let scopes: Vec<String> = existing.scopes.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "{} is already a {} in {}; their enrolled phones would get the new role and scopes: \
+             pass --replace to change them, or choose another user id",
+            user.id,
+            existing.role,
+            scopes.join(", ")
         ));
     }
     let now = chrono::Utc::now().timestamp();
@@ -267,6 +300,32 @@ mod tests {
             store.enroll("QQQQQQQQQQQQ", "aa", now),
             Err(StoreError::BadCode(_))
         ));
+    }
+
+    #[test]
+    fn a_code_changes_an_existing_device_users_rights_only_when_told_to() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ServerStore::open(dir.path()).expect("store");
+        let volunteer = User {
+            id: "zhang3".into(),
+            name: "张三".into(),
+            role: Role::Volunteer,
+            scopes: vec!["team:1".parse().expect("scope")],
+        };
+        issue(&store, &volunteer, 3600).expect("first code");
+        issue(&store, &volunteer, 3600).expect("a second phone, same rights");
+        let widened = User {
+            scopes: vec![
+                "team:1".parse().expect("scope"),
+                "team:2".parse().expect("scope"),
+            ],
+            ..volunteer.clone()
+        };
+        let refused = issue(&store, &widened, 3600).err().unwrap_or_default();
+        assert!(refused.contains("--replace"), "{refused}");
+        assert_eq!(store.user("zhang3").expect("read"), Some(volunteer));
+        issue_replacing(&store, &widened, 3600).expect("on purpose");
+        assert_eq!(store.user("zhang3").expect("read"), Some(widened));
     }
 
     #[test]

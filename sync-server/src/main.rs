@@ -81,6 +81,10 @@ enum Command {
         /// How long the code stays valid: e.g. 30m, 24h, 7d.
         #[arg(long, default_value = "24h")]
         expires: String,
+        /// Change an existing user's role, name or scopes (their enrolled phones get the new
+        /// rights); without it such a change is refused.
+        #[arg(long)]
+        replace: bool,
     },
     /// Revoke a device; it is refused at its next connection.
     Revoke {
@@ -235,6 +239,7 @@ fn run(cli: Cli) -> Result<(), String> {
             role,
             scopes,
             expires,
+            replace,
         } => {
             let role = match role {
                 RoleArg::Volunteer => Role::Volunteer,
@@ -250,7 +255,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 role,
                 scopes,
             };
-            let code = fieldsync_server::enrollment::issue(&dir.store, &user, ttl)?.code;
+            let issue = if replace {
+                fieldsync_server::enrollment::issue_replacing
+            } else {
+                fieldsync_server::enrollment::issue
+            };
+            let code = issue(&dir.store, &user, ttl)?.code;
             oplog::office_action(
                 CLI_ACTOR,
                 "code_issued",

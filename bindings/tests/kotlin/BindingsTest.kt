@@ -294,7 +294,7 @@ val tests = linkedMapOf<String, suspend Env.() -> Unit>(
 
         // team:8 is taken away on the server; the phone still has the old rules.
         server.stop()
-        server.enroll(ServerUser("zhang3", "张三", "volunteer", listOf("team:7")))
+        server.enroll(ServerUser("zhang3", "张三", "volunteer", listOf("team:7")), replace = true)
         server.start()
         phone.update(edited, mapOf("note" to text("补签")))
         val fresh = phone.checkIn("社区网格化", "东区", day(10), day(11), scope = "team:8")

@@ -78,10 +78,12 @@ class Server:
     def init(self) -> None:
         self.fingerprint = _line_value(self.admin("init"), "fingerprint")
 
-    def enroll(self, user: User) -> str:
+    def enroll(self, user: User, replace: bool = False) -> str:
         args = ["enroll", "--user", user.id, "--name", user.name, "--role", user.role]
         for scope in user.scopes:
             args += ["--scope", scope]
+        if replace:
+            args.append("--replace")
         return _line_value(self.admin(*args), "code")
 
     def revoke(self, device_id: str) -> None:

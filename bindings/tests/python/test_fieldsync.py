@@ -261,7 +261,7 @@ async def test_a_record_refused_after_the_rules_changed_is_reverted_or_dropped(
     # The admin takes team:8 away; the phone, out in the field, still has the old rules.
     server = cluster.server
     server.stop()
-    server.enroll(User("zhang3", "张三", "volunteer", ["team:7"]))
+    server.enroll(User("zhang3", "张三", "volunteer", ["team:7"]), replace=True)
     server.start()
     phone.update(edited, {"note": FV.TEXT("补签")})
     fresh = phone.check_in("社区网格化", "东区", day(10), day(11), scope="team:8")

@@ -317,7 +317,7 @@ class Scenario(private val workDir: File) {
         val serverVersion = wang5.app.repo.record(kept)
 
         server.stop()
-        server.enroll(ServerUser("wang5", "王五", "volunteer", listOf("team:7")))
+        server.enroll(ServerUser("wang5", "王五", "volunteer", listOf("team:7")), replace = true)
         server.start()
         println("   (the office takes team:8 away from 王五; the phone is out of signal and still has the old rules)")
         minuteOfDay = 9 * 60 + 30
