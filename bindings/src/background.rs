@@ -12,7 +12,8 @@
 //! ```text
 //!              request                      round ok
 //!   Idle ─────────────────▶ Syncing ───────────────────────▶ Idle { last: report }
-//!    ▲                      │  ▲  │ Network (after the round's own reconnects)
+//!    ▲                      │  ▲  │ Network (after the round's own reconnects),
+//!    │                      │  │  │ ServerUnavailable (the server's own trouble)
 //!    │                      │  │  └────────────────────────▶ WaitingToRetry { at, reason }
 //!    │                      │  └── timer at `at`, or a request ◀──┘
 //!    │                      │ Unauthorized, Certificate, Refused, NotEnrolled, Storage
@@ -22,7 +23,9 @@
 //!
 //! - Requests coalesce: any number of `request_sync()` calls during a round make exactly one
 //!   more round after it; a request while waiting to retry runs the round at once.
-//! - Only `Network` is retried on its own, after a jittered, capped exponential backoff
+//! - Only the retry class is retried on its own (`Network`; `ServerUnavailable`: the server's
+//!   storage failed, it is restarting, it asked for fewer syncs), after a jittered, capped
+//!   exponential backoff
 //!   ([`Backoff`], the same schedule type the link uses between reconnects; here it runs
 //!   between whole rounds, without a deadline, until the app stops the scheduler). The other
 //!   failures are answers (revoked, wrong certificate, refused) or the phone's own trouble:
@@ -60,8 +63,9 @@ pub enum SyncState {
     /// reconnects, the totals known once the round has read what is pending).
     Syncing { progress: SyncProgress },
     /// The last round could not reach the server (no signal, or it vanished) within its
-    /// deadline; the next one starts on its own at `at_unix_ms` (ms since the Unix epoch), or
-    /// at once on `request_sync()`. Nothing is lost: the records wait as pending.
+    /// deadline, or the server could not take it (its own trouble; `reason` says which); the
+    /// next one starts on its own at `at_unix_ms` (ms since the Unix epoch), or at once on
+    /// `request_sync()`. Nothing is lost: the records wait as pending.
     WaitingToRetry { at_unix_ms: i64, reason: String },
     /// The last round got an answer that trying again will not change; `kind` says what the
     /// user has to do. Not retried on its own: the next `request_sync()` runs a round again.
@@ -79,18 +83,18 @@ pub enum SyncFailure {
     /// or something posing as the server): nothing was sent; check the fingerprint with the
     /// office.
     Certificate,
-    /// The server refused the round (too many syncs, another protocol version, trouble with
-    /// its storage): show the reason.
+    /// The server refused the round (another protocol version, a request too large or
+    /// malformed): show the reason. The server's own trouble is never this: it is retried.
     Refused,
     /// The phone's own store failed.
     Storage,
 }
 
 impl SyncFailure {
-    /// The kind of `error`, or `None` for `Network`, the one failure worth retrying alone.
+    /// The kind of `error`, or `None` for the retry class, the failures worth retrying alone.
     pub(crate) fn of(error: &FieldSyncError) -> Option<SyncFailure> {
         match error {
-            FieldSyncError::Network { .. } => None,
+            FieldSyncError::Network { .. } | FieldSyncError::ServerUnavailable { .. } => None,
             FieldSyncError::NotEnrolled { .. } => Some(SyncFailure::NotEnrolled),
             FieldSyncError::Unauthorized { .. } => Some(SyncFailure::Unauthorized),
             FieldSyncError::Certificate { .. } => Some(SyncFailure::Certificate),

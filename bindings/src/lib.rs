@@ -38,8 +38,8 @@ pub use background::{
 };
 pub use error::FieldSyncError;
 pub use types::{
-    Enrollment, FieldRecord, FieldSpec, FieldType, FieldValue, HistoryEntry, HoursSummary, Refusal,
-    Reverted, Role, SyncProgress, SyncReport,
+    Deferral, Enrollment, FieldRecord, FieldSpec, FieldType, FieldValue, HistoryEntry,
+    HoursSummary, Refusal, Reverted, Role, SyncProgress, SyncReport,
 };
 
 uniffi::setup_scaffolding!("fieldsync");
@@ -247,10 +247,13 @@ impl FieldStore {
     /// on where it was (progress keeps counting) for up to `deadline_seconds` (default: core's
     /// two minutes), then fails with `Network`; what is not acknowledged by then stays pending.
     /// A record the server refuses does not fail the round: it is listed in the report's
-    /// `refused` (and by `refused()`). The call fails (`Network`, `Unauthorized`,
-    /// `Certificate`, `Refused`, `NotEnrolled`, `Storage`) only when the round as a whole could
-    /// not run; nothing unacknowledged is then marked acknowledged, and the round is simply run
-    /// again later. Only `Network` is worth retrying on its own; [`BackgroundSync`] does that.
+    /// `refused` (and by `refused()`); one the server could not take because of its own
+    /// trouble with it is listed in `deferred` and stays pending for the next round. The call
+    /// fails (`Network`, `ServerUnavailable`, `Unauthorized`, `Certificate`, `Refused`,
+    /// `NotEnrolled`, `Storage`) only when the round as a whole could not run; nothing
+    /// unacknowledged is then marked acknowledged, and the round is simply run again later.
+    /// Only `Network` and `ServerUnavailable` are worth retrying on their own;
+    /// [`BackgroundSync`] does that.
     #[uniffi::method(default(listener = None, deadline_seconds = None))]
     pub async fn sync(
         &self,

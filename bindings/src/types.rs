@@ -166,10 +166,18 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// A record the server could not take because of its own trouble with it, and why. It stays
+/// pending on the device and is pushed again by the next round.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct Deferral {
+    pub id: String,
+    pub reason: String,
+}
+
 /// How far a sync round has come, in records.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, uniffi::Record)]
 pub struct SyncProgress {
-    /// Pending records pushed and answered by the server (accepted or refused).
+    /// Pending records pushed and answered by the server (accepted, refused or deferred).
     pub sent: u64,
     /// Records pending when the round started.
     pub to_send: u64,
@@ -198,14 +206,18 @@ pub struct SyncReport {
     pub sent: u64,
     /// Records received from the server and applied.
     pub received: u64,
-    /// Records pushed and refused, with the server's reasons.
+    /// Records pushed and refused, with the server's reasons: they wait for an edit.
     pub refused: Vec<Refusal>,
+    /// Records pushed that the server could not take because of its own trouble with them
+    /// (its copy is damaged, say), with its reasons: they stay pending and go again next
+    /// round; nothing for the user to fix.
+    pub deferred: Vec<Deferral>,
     /// Request/reply exchanges the round took.
     pub exchanges: u64,
     /// Connections the round used: 1, plus one for each reconnect after the signal dropped.
     pub connections: u64,
     /// Records put on the wire, counting a batch again each time a lost connection made the
-    /// round send it again (`pushed - sent - refused` is what the bad signal cost).
+    /// round send it again (`pushed - sent - refused - deferred` is what the bad signal cost).
     pub pushed: u64,
 }
 
@@ -218,6 +230,14 @@ impl From<RoundReport> for SyncReport {
                 .refused
                 .into_iter()
                 .map(|(id, reason)| Refusal {
+                    id: id.to_string(),
+                    reason,
+                })
+                .collect(),
+            deferred: r
+                .deferred
+                .into_iter()
+                .map(|(id, reason)| Deferral {
                     id: id.to_string(),
                     reason,
                 })

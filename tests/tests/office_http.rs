@@ -1547,6 +1547,7 @@ async fn metrics_are_prometheus_text_and_move_with_a_sync() -> TestResult {
         ("fieldsync_rounds_total", "counter"),
         ("fieldsync_records_accepted_total", "counter"),
         ("fieldsync_records_refused_total", "counter"),
+        ("fieldsync_records_deferred_total", "counter"),
         ("fieldsync_commit_seconds", "summary"),
     ];
     for (name, kind) in names {

@@ -98,6 +98,7 @@ fn report(sent: u64) -> SyncReport {
         sent,
         received: 0,
         refused: vec![],
+        deferred: vec![],
         exchanges: 1,
         connections: 1,
         pushed: sent,
@@ -248,6 +249,49 @@ async fn network_failures_wait_with_a_capped_backoff_and_retry_on_their_own() {
         r.at - failed_at,
         secs(5),
         "the first wait again after a success"
+    );
+}
+
+/// The server's own trouble (storage failed, restarting, too many syncs) waits and retries
+/// on its own like a lost signal, sharing its backoff; it never ends as `Failed`.
+#[tokio::test(start_paused = true)]
+async fn server_trouble_is_retried_like_the_network() {
+    let (round, mut rounds) = scripted();
+    let (sync, recorder, base) = start(round);
+    sync.request_sync();
+    let mut r = rounds.recv().await.unwrap();
+    let unavailable = |message: &str| FieldSyncError::ServerUnavailable {
+        message: message.into(),
+    };
+    for (wait, error) in [
+        (5, unavailable("storage failed: disk full")),
+        (10, network("no signal")),
+        (20, unavailable("more than 120 sync rounds in a minute")),
+    ] {
+        let failed_at = Instant::now();
+        let reason = error.to_string();
+        r.finish.send(Err(error)).unwrap();
+        settle().await;
+        assert_eq!(
+            sync.state(),
+            SyncState::WaitingToRetry {
+                at_unix_ms: unix_ms(base, failed_at + secs(wait)),
+                reason
+            }
+        );
+        r = rounds.recv().await.unwrap();
+        assert_eq!(r.at - failed_at, secs(wait), "retried on its own");
+    }
+    r.finish.send(Ok(report(1))).unwrap();
+    settle().await;
+    assert_eq!(sync.state(), idle(1));
+    assert!(
+        !recorder
+            .states()
+            .iter()
+            .any(|s| matches!(s, SyncState::Failed { .. })),
+        "{:?}",
+        recorder.states()
     );
 }
 

@@ -213,7 +213,7 @@ class Progress(fieldsync.SyncProgressListener):
             assert b[0] >= a[0] and b[2] >= a[2] and b[3] >= a[3], f"progress went backwards: {calls}"
         assert all(s <= ts and r <= tr for s, ts, r, tr in calls), calls
         sent, to_send, received, to_receive = calls[-1]
-        assert sent == to_send == report.sent + len(report.refused), (calls, report)
+        assert sent == to_send == report.sent + len(report.refused) + len(report.deferred), (calls, report)
         assert received == to_receive == report.received, (calls, report)
 
 

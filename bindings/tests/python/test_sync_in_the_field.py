@@ -236,3 +236,27 @@ async def test_background_sync_options_are_checked(open_store):
     failed = await states.until(lambda s: s.is_failed(), timeout=10)
     assert failed.kind == Failure.NOT_ENROLLED
     sync.stop()
+
+
+async def test_too_many_syncs_is_server_trouble_retried_never_a_refusal(make_server, open_store):
+    """The server's limit of 120 rounds a minute per phone says "later", not "no": the round
+    fails as ServerUnavailable (the retry class), nothing is refused, and the background sync
+    waits and tries again on its own instead of stopping as Failed."""
+    cluster = make_server(ZHANG3)
+    phone = open_store("phone")
+    await enroll(phone, cluster, ZHANG3)
+    for _ in range(120):
+        await phone.sync(deadline_seconds=10)
+    phone.check_in("清洁家园", "幸福社区", day(8), day(9))
+    with pytest.raises(Err.ServerUnavailable, match="minute"):
+        await phone.sync(deadline_seconds=10)
+    assert phone.pending_count() == 1
+    assert phone.refused() == []
+
+    states = States()
+    sync = fieldsync.BackgroundSync(phone, states, FAST)
+    sync.request_sync()
+    waiting = await states.until(lambda s: s.is_waiting_to_retry())
+    assert "minute" in waiting.reason, waiting
+    assert not any(s.is_failed() for s in states.seen()), states.seen()
+    sync.stop()

@@ -82,10 +82,11 @@ impl ClientError {
     /// Whether trying again later may succeed: trouble on the way or at the server is; the
     /// server's refusals and the device's own state are not.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ClientError::Network(_) | ClientError::Unavailable { .. }
-        )
+        match self {
+            ClientError::Network(_) | ClientError::Unavailable { .. } => true,
+            ClientError::Refused { code, .. } => code.class() == ErrorClass::Retry,
+            _ => false,
+        }
     }
 }
 

@@ -49,6 +49,8 @@ const val NO_CONNECTION = "No connection to the server."
 fun userMessage(e: FieldSyncException): String = when (e) {
     is FieldSyncException.Network ->
         "$NO_CONNECTION Everything is saved on this phone and will sync later."
+    is FieldSyncException.ServerUnavailable ->
+        "The server could not take the sync just now. Everything is saved on this phone and will sync later. (${e.message ?: ""})"
     is FieldSyncException.Unauthorized -> syncFailureMessage(SyncFailure.UNAUTHORIZED, e.message ?: "")
     is FieldSyncException.Certificate -> syncFailureMessage(SyncFailure.CERTIFICATE, e.message ?: "")
     is FieldSyncException.NotEnrolled -> syncFailureMessage(SyncFailure.NOT_ENROLLED, e.message ?: "")
