@@ -384,6 +384,36 @@ impl ServerProcess {
     }
 }
 
+/// Issues a one-time code for volunteer `user` (named `name`) in `scope` with
+/// `fieldsync-server enroll` on the stopped server's data folder; returns the code and the
+/// server's fingerprint as it prints them.
+pub fn cli_code(data: &str, user: &str, name: &str, scope: &str) -> (String, String) {
+    let (ok, out, err) = run(
+        "fieldsync-server",
+        &[
+            "enroll",
+            "--data",
+            data,
+            "--user",
+            user,
+            "--name",
+            name,
+            "--role",
+            "volunteer",
+            "--scope",
+            scope,
+        ],
+    );
+    assert!(ok, "enroll failed: {err}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|s| s.trim().to_string())
+            .expect("line in enroll output")
+    };
+    (field("code:"), field("fingerprint:"))
+}
+
 /// Runs a command line, returning (status ok, stdout, stderr).
 pub fn run(bin: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(binary(bin))

@@ -7,34 +7,7 @@ use std::time::Duration;
 use fieldsync_device::client;
 use fieldsync_device::store::DeviceStore;
 use fieldsync_server::DataDir;
-use fieldsync_tests::{Phone, ServerProcess, binary, check_in_fields, run};
-
-fn enroll_code(data: &str, user: &str) -> (String, String) {
-    let (ok, out, err) = run(
-        "fieldsync-server",
-        &[
-            "enroll",
-            "--data",
-            data,
-            "--user",
-            user,
-            "--name",
-            "王五",
-            "--role",
-            "volunteer",
-            "--scope",
-            "team:1",
-        ],
-    );
-    assert!(ok, "enroll failed: {err}");
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|s| s.trim().to_string())
-            .expect("line in enroll output")
-    };
-    (field("code:"), field("fingerprint:"))
-}
+use fieldsync_tests::{Phone, ServerProcess, binary, check_in_fields, cli_code, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_round_holds_exactly_the_records_after_the_next_round() {
@@ -43,7 +16,7 @@ async fn server_killed_mid_round_holds_exactly_the_records_after_the_next_round(
     let data_s = data.to_str().unwrap();
     let (ok, _, err) = run("fieldsync-server", &["init", "--data", data_s]);
     assert!(ok, "{err}");
-    let (code, fingerprint) = enroll_code(data_s, "v1");
+    let (code, fingerprint) = cli_code(data_s, "v1", "王五", "team:1");
 
     let server = ServerProcess::spawn(&data, "127.0.0.1:0");
     let addr = server.addr;

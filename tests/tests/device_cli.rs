@@ -1,7 +1,7 @@
 //! The `fieldsync` device command line as scripts and support staff use it, against a real
 //! `fieldsync-server` process.
 
-use fieldsync_tests::{ServerProcess, run};
+use fieldsync_tests::{ServerProcess, cli_code, run};
 
 fn fieldsync(store: &str, args: &[&str]) -> (bool, String, String) {
     let mut all = vec!["--store", store];
@@ -21,31 +21,7 @@ fn record_offline_sync_and_fail_clearly_when_the_server_is_gone() {
     let store = tmp.path().join("phone");
     let store = store.to_str().unwrap();
     assert!(run("fieldsync-server", &["init", "--data", data_s]).0);
-    let (ok, out, err) = run(
-        "fieldsync-server",
-        &[
-            "enroll",
-            "--data",
-            data_s,
-            "--user",
-            "u7",
-            "--name",
-            "赵六",
-            "--role",
-            "volunteer",
-            "--scope",
-            "team:7",
-        ],
-    );
-    assert!(ok, "{err}");
-    let value = |prefix: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    let (code, fingerprint) = (value("code:"), value("fingerprint:"));
+    let (code, fingerprint) = cli_code(data_s, "u7", "赵六", "team:7");
 
     let server = ServerProcess::spawn(&data, "127.0.0.1:0");
     let addr = server.addr.to_string();
@@ -160,30 +136,7 @@ fn enrolled_volunteer(tmp: &std::path::Path) -> (ServerProcess, String) {
     let data_s = data.to_str().unwrap();
     let store = tmp.join("phone").to_str().unwrap().to_string();
     assert!(run("fieldsync-server", &["init", "--data", data_s]).0);
-    let (ok, out, err) = run(
-        "fieldsync-server",
-        &[
-            "enroll",
-            "--data",
-            data_s,
-            "--user",
-            "u7",
-            "--name",
-            "赵六",
-            "--role",
-            "volunteer",
-            "--scope",
-            "team:7",
-        ],
-    );
-    assert!(ok, "{err}");
-    let value = |prefix: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
+    let (code, fingerprint) = cli_code(data_s, "u7", "赵六", "team:7");
     let server = ServerProcess::spawn(&data, "127.0.0.1:0");
     let addr = server.addr.to_string();
     let (ok, _, err) = fieldsync(
@@ -193,9 +146,9 @@ fn enrolled_volunteer(tmp: &std::path::Path) -> (ServerProcess, String) {
             "--server",
             &addr,
             "--fingerprint",
-            &value("fingerprint:"),
+            &fingerprint,
             "--code",
-            &value("code:"),
+            &code,
         ],
     );
     assert!(ok, "{err}");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fieldsync_device::client::{self, ClientError};
 use fieldsync_device::store::DeviceStore;
-use fieldsync_tests::{ServerProcess, run};
+use fieldsync_tests::{ServerProcess, cli_code, run};
 
 /// Log lines until one matches, within a bound; all lines read so far are returned too.
 fn lines_until(
@@ -26,36 +26,10 @@ fn lines_until(
 }
 
 fn init_with_code(data: &std::path::Path) -> (String, String) {
-    let (ok, _, err) = run(
-        "fieldsync-server",
-        &["init", "--data", data.to_str().unwrap()],
-    );
+    let data = data.to_str().unwrap();
+    let (ok, _, err) = run("fieldsync-server", &["init", "--data", data]);
     assert!(ok, "{err}");
-    let (ok, out, err) = run(
-        "fieldsync-server",
-        &[
-            "enroll",
-            "--data",
-            data.to_str().unwrap(),
-            "--user",
-            "v1",
-            "--name",
-            "王五",
-            "--role",
-            "volunteer",
-            "--scope",
-            "team:1",
-        ],
-    );
-    assert!(ok, "{err}");
-    let value = |prefix: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    (value("code:"), value("fingerprint:"))
+    cli_code(data, "v1", "王五", "team:1")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
